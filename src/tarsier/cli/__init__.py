@@ -1,0 +1,44 @@
+"""The ``tarsier`` command line: one module per sub-command, each with ``register(subparsers)``.
+
+Heavy imports (torch, transformers) happen inside the commands, so ``tarsier --help`` is instant.
+A :class:`~tarsier.errors.TarsierError` becomes one ``tarsier: error: ...`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-command modules under tarsier.cli, in the order `tarsier --help` lists them.
+COMMANDS = ["describe", "chat", "caption"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tarsier",
+        description="Describe videos with Tarsier video-language models, evaluate them, and train them.",
+        epilog="Run 'tarsier COMMAND --help' for the options of each command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"tarsier.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tarsier.errors import TarsierError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except TarsierError as exc:
+        print(f"tarsier: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tarsier: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

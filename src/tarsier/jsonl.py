@@ -1,0 +1,98 @@
+"""JSON Lines files that batch jobs append to and resume from.
+
+Every long job here (captioning, benchmark inference, judging) writes one JSON object per line.
+A crash can cut the last line short; reopening an output repairs that torn tail before appending,
+and :func:`read_records` tells which keys are already done, so a rerun neither loses nor repeats
+work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tarsier.errors import TarsierError
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; a bad line is a one-line error."""
+    path = Path(path)
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except FileNotFoundError:
+        raise TarsierError(f"{path}: file not found") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TarsierError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise TarsierError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Records of an output file written by :class:`JsonlAppender`; a torn last line is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    # The text after the final newline is either empty or a line a crash cut short.
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TarsierError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    return records
+
+
+def done_keys(path: str | Path, key: str) -> set[Any]:
+    """Values of ``key`` in the records already written to ``path`` (empty if it does not exist)."""
+    return {record[key] for record in read_records(path) if key in record}
+
+
+class JsonlAppender:
+    """Appends records to a JSONL file, one flushed line per record.
+
+    A line is written with a single ``write`` and flushed (optionally fsynced), so after a crash at
+    most the last line is incomplete; opening the file again cuts that fragment off.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._repair_torn_tail()
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def _repair_torn_tail(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        if self._fsync:
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,194 @@
+"""Tarsier: CLIP ViT per frame -> 2-layer MLP projector -> Llama causal LM.
+
+Parameter names follow the official checkpoints (``vision_tower.``, ``multi_modal_projector.``,
+``language_model.``) so ``from_pretrained`` reads ``omni-research/Tarsier-7b`` as published and
+``save_pretrained`` writes the same layout back.
+
+The processor expands every ``<image>`` placeholder into the frame's full layout (patch slots
+``image_token_index`` with separator ids ``image_newline_idx`` after each row and
+``image_new_idx`` after the frame). The model therefore only fills patch slots with projected
+vision features; the separators are embedded like ordinary tokens, which is exactly what the
+reference computes. Because ``input_ids`` already have the final length, attention masks, left
+padding, position ids, labels and the KV cache need no special handling for images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
+
+from tarsier.errors import TarsierError
+from tarsier.model.configuration_tarsier import TarsierConfig
+
+
+class CLIPVisionTransformer(nn.Module):
+    """transformers' CLIP vision blocks, arranged under the names the checkpoints use.
+
+    transformers 5 flattened ``CLIPVisionModel`` (no ``vision_model`` level) and renames weights on
+    load; composing the same blocks ourselves keeps ``vision_tower.vision_model.*`` exact in both
+    directions and lets us stop the encoder early.
+    """
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
+        # Tarsier never uses the pooled output; the layer is kept so checkpoints round-trip.
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """Hidden states after the first ``n_layers`` encoder layers (== ``hidden_states[n_layers]``)."""
+        hidden = self.embeddings(pixel_values.to(dtype=self.embeddings.patch_embedding.weight.dtype))
+        hidden = self.pre_layrnorm(hidden)
+        for layer in self.encoder.layers[:n_layers]:
+            hidden = layer(hidden, None)
+        return hidden
+
+
+class TarsierVisionTower(nn.Module):
+    """The per-frame image encoder; one attribute deep to match ``vision_tower.vision_model.*``."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.vision_model = CLIPVisionTransformer(config)
+
+
+class TarsierProjector(nn.Module):
+    """Maps CLIP patch features to the LLM width: linear -> activation -> linear."""
+
+    def __init__(self, config: TarsierConfig):
+        super().__init__()
+        text_width = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_width, bias=True)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_width, text_width, bias=True)
+
+    def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(patch_features)))
+
+
+class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    config_class = TarsierConfig
+    config: TarsierConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: TarsierConfig):
+        super().__init__(config)
+        self.vision_tower = TarsierVisionTower(config.vision_config)
+        self.multi_modal_projector = TarsierProjector(config)
+        self.language_model = LlamaForCausalLM(config.text_config)
+        self.post_init()
+
+    # -- embeddings plumbing (used by generation, resizing and training code) --------------------
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The language model initialises its own modules; the vision blocks and projector are ours.
+        std = self.config.text_config.initializer_range
+        if isinstance(module, CLIPVisionEmbeddings):
+            nn.init.normal_(module.class_embedding, std=std)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # -- vision ---------------------------------------------------------------------------------
+    @property
+    def vision_layers_used(self) -> int:
+        """How many CLIP encoder layers run: enough to reach ``vision_feature_layer``, no more."""
+        total = self.config.vision_config.num_hidden_layers
+        layer = self.config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError("Tarsier selects a single vision feature layer; got a list")
+        used = layer if layer >= 0 else total + 1 + layer  # hidden_states[k] is the output after k layers
+        if not 0 <= used <= total:
+            raise ValueError(f"vision_feature_layer {layer} is out of range for {total} encoder layers")
+        return used
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frames ``[N, 3, H, W]`` -> projected patch features ``[N, grid*grid, text_width]``.
+
+        Runs the CLIP encoder only up to the selected layer and keeps no intermediate states:
+        the reference computed every layer and stored all hidden states just to pick one.
+        """
+        hidden = self.vision_tower.vision_model(pixel_values, self.vision_layers_used)
+        if self.config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]  # drop CLS
+        return self.multi_modal_projector(hidden)
+
+    def embed_inputs(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with every patch slot replaced by its frame's projected patch feature."""
+        embeds = self.get_input_embeddings()(input_ids)
+        slots = input_ids == self.config.image_token_index
+        n_slots = int(slots.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise TarsierError(f"input_ids hold {n_slots} image patch slots but no pixel_values were given")
+            return embeds
+        features = self.get_image_features(pixel_values)
+        if n_slots != features.shape[0] * features.shape[1]:
+            raise TarsierError(
+                f"input_ids hold {n_slots} image patch slots but pixel_values give {features.shape[0]} frames x "
+                f"{features.shape[1]} patches; each <image> must be expanded by the processor"
+            )
+        return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits over the whole (expanded) sequence; ``loss`` is the shifted cross-entropy over
+        positions whose label is not ``ignore_index`` when ``labels`` are given."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # Positions count attended tokens only, so left padding never shifts a sequence.
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            position_ids = positions[:, -inputs_embeds.shape[1] :]
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
