@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
@@ -87,6 +88,9 @@ class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: TarsierConfig):
         super().__init__(config)
+        # The vision blocks are plain modules, so no sub-model resolves their attention kernel.
+        if config.vision_config._attn_implementation is None:
+            config.vision_config._attn_implementation = config._attn_implementation or "sdpa"
         self.vision_tower = TarsierVisionTower(config.vision_config)
         self.multi_modal_projector = TarsierProjector(config)
         self.language_model = LlamaForCausalLM(config.text_config)
@@ -108,18 +112,20 @@ class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The language model initialises its own modules; the vision blocks and projector are ours.
+        # transformers' `init` helpers leave tensors loaded from a checkpoint untouched.
         std = self.config.text_config.initializer_range
         if isinstance(module, CLIPVisionEmbeddings):
-            nn.init.normal_(module.class_embedding, std=std)
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.class_embedding, std=std)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.normal_(module.weight, std=std)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=std)
         elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
     # -- vision ---------------------------------------------------------------------------------
     @property

@@ -1,0 +1,239 @@
+"""Describing many videos: background frame decoding, batched generation, per-item errors.
+
+:class:`Describer` is what ``tarsier describe``, ``tarsier caption`` and ``tarsier bench run`` use.
+Worker threads decode and preprocess upcoming videos (PyAV and PIL release the GIL) while the
+model generates for the current batch; results come back in request order, and an item that
+fails (bad file, bad prompt) carries its one-line error instead of stopping the job.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from tarsier.errors import TarsierError
+from tarsier.generation import GenerationSettings, generate_text, stream_text
+from tarsier.model import TarsierForConditionalGeneration
+from tarsier.processor import MediaItem, TarsierProcessor
+from tarsier.prompting import default_prompt
+from tarsier.runtime import DEFAULT_MODEL, load_pretrained
+
+
+@dataclass
+class DescribeRequest:
+    """One video (or image, frame folder, list of frame files) and the question about it."""
+
+    key: str
+    media: MediaItem
+    prompt: str | None = None  # None: the reference default for the media kind
+    start_time: float | None = None
+    end_time: float | None = None
+    n_frames: int | None = None  # None: the processor's max_n_frames
+
+
+@dataclass
+class DescribeResult:
+    key: str
+    text: str | None
+    error: str | None
+    prompt: str | None
+    frame_indices: list[int] = field(default_factory=list)
+    total_frames: int | None = None
+    decode_seconds: float = 0.0
+    generate_seconds: float = 0.0  # for the whole batch this item was generated in
+
+    @property
+    def seconds(self) -> float:
+        return self.decode_seconds + self.generate_seconds
+
+
+@dataclass
+class _Prepared:
+    request: DescribeRequest
+    prompt: str | None = None
+    ids: list[int] = field(default_factory=list)
+    pixels: torch.Tensor | None = None
+    frame_indices: list[int] = field(default_factory=list)
+    total_frames: int | None = None
+    decode_seconds: float = 0.0
+    error: str | None = None
+
+    def result(self, text: str | None = None, error: str | None = None, generate_seconds: float = 0.0) -> DescribeResult:
+        return DescribeResult(
+            key=self.request.key,
+            text=text,
+            error=error or self.error,
+            prompt=self.prompt,
+            frame_indices=self.frame_indices,
+            total_frames=self.total_frames,
+            decode_seconds=self.decode_seconds,
+            generate_seconds=generate_seconds,
+        )
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a single line for a result record."""
+    text = str(exc) if isinstance(exc, TarsierError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+class Describer:
+    """Generates descriptions for a stream of requests, batching those that decode cleanly."""
+
+    def __init__(
+        self,
+        model: TarsierForConditionalGeneration,
+        processor: TarsierProcessor,
+        generation: GenerationSettings | None = None,
+        batch_size: int = 1,
+        num_workers: int = 2,
+    ):
+        if batch_size < 1:
+            raise TarsierError(f"batch size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise TarsierError(f"num_workers must be >= 0, got {num_workers}")
+        self.model = model
+        self.processor = processor
+        self.generation = generation or GenerationSettings()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_n_frames: int = 8,
+        batch_size: int = 1,
+        num_workers: int = 2,
+        generation: GenerationSettings | None = None,
+    ) -> Describer:
+        loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames)
+        return cls(loaded, processor, generation=generation, batch_size=batch_size, num_workers=num_workers)
+
+    def prepare(self, request: DescribeRequest) -> _Prepared:
+        """Decode, sample and preprocess one request (runs in a worker thread)."""
+        started = time.perf_counter()
+        prepared = _Prepared(request=request, prompt=request.prompt)
+        try:
+            frames = self.processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
+            prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
+            count = len(frames.images)
+            prepared.ids = self.processor.encode_prompt(self.processor.format_prompt(prepared.prompt, count), count)
+            prepared.pixels = self.processor.pixel_values(frames.images)
+            prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
+        except Exception as exc:  # recorded per item; the job goes on
+            prepared.error = one_line(exc)
+        prepared.decode_seconds = time.perf_counter() - started
+        return prepared
+
+    def stream(self, request: DescribeRequest) -> Iterator[str]:
+        """Yield the description of one request piece by piece as it is generated."""
+        prepared = self.prepare(request)
+        if prepared.error:
+            raise TarsierError(prepared.error)
+        yield from stream_text(self.model, self.processor, self._inputs([prepared]), self.generation)
+
+    def run(self, requests: Iterable[DescribeRequest]) -> Iterator[DescribeResult]:
+        """Results in request order; media for upcoming batches is prepared in the background."""
+        if self.num_workers == 0:
+            yield from self._batched(self.prepare(request) for request in requests)
+            return
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="tarsier-media") as pool:
+            yield from self._batched(self._prefetch(pool, requests))
+
+    def _prefetch(self, pool: ThreadPoolExecutor, requests: Iterable[DescribeRequest]) -> Iterator[_Prepared]:
+        window: deque[Future[_Prepared]] = deque()
+        ahead = 2 * self.batch_size + self.num_workers
+        pending = iter(requests)
+        for request in pending:
+            window.append(pool.submit(self.prepare, request))
+            if len(window) >= ahead:
+                break
+        while window:
+            prepared = window.popleft().result()
+            next_request = next(pending, None)
+            if next_request is not None:
+                window.append(pool.submit(self.prepare, next_request))
+            yield prepared
+
+    def _batched(self, prepared_items: Iterable[_Prepared]) -> Iterator[DescribeResult]:
+        group: list[_Prepared] = []
+        for prepared in prepared_items:
+            group.append(prepared)
+            if sum(item.error is None for item in group) == self.batch_size:
+                yield from self._generate(group)
+                group = []
+        if group:
+            yield from self._generate(group)
+
+    def _generate(self, group: list[_Prepared]) -> Iterator[DescribeResult]:
+        ready = [item for item in group if item.error is None]
+        texts: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        seconds = 0.0
+        if ready:
+            started = time.perf_counter()
+            try:
+                for item, text in zip(ready, self._generate_batch(ready)):
+                    texts[id(item)] = text
+            except Exception as exc:
+                if len(ready) == 1:
+                    errors[id(ready[0])] = one_line(exc)
+                else:  # isolate the failing item(s) by retrying one at a time
+                    for item in ready:
+                        try:
+                            texts[id(item)] = self._generate_batch([item])[0]
+                        except Exception as item_exc:
+                            errors[id(item)] = one_line(item_exc)
+            seconds = time.perf_counter() - started
+        for item in group:
+            if item.error is not None:
+                yield item.result()
+            else:
+                yield item.result(texts.get(id(item)), errors.get(id(item)), seconds)
+
+    def _inputs(self, items: list[_Prepared]) -> dict[str, torch.Tensor]:
+        inputs = self.processor.pad([item.ids for item in items])
+        inputs["pixel_values"] = torch.cat([item.pixels for item in items]).to(self.model.dtype)
+        return inputs
+
+    def _generate_batch(self, items: list[_Prepared]) -> list[str]:
+        return generate_text(self.model, self.processor, self._inputs(items), self.generation)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_describer(model: str, device: str | None, dtype: str | None, max_n_frames: int) -> Describer:
+    return Describer.from_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, num_workers=0)
+
+
+def describe(
+    media: MediaItem,
+    model: str = DEFAULT_MODEL,
+    prompt: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_n_frames: int = 8,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    start_time: float | None = None,
+    end_time: float | None = None,
+) -> str:
+    """Describe one video/image in a single call; the loaded model is kept for the next call."""
+    describer = _cached_describer(str(model), device, dtype, max_n_frames)
+    describer.generation = GenerationSettings(max_new_tokens, temperature, top_p)
+    request = DescribeRequest(key="0", media=media, prompt=prompt, start_time=start_time, end_time=end_time)
+    result = next(describer.run([request]))
+    if result.error:
+        raise TarsierError(result.error)
+    return result.text or ""

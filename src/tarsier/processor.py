@@ -1,0 +1,394 @@
+"""TarsierProcessor: media -> ``pixel_values``, prompt -> ``input_ids``, exactly like the reference.
+
+Pixels: each frame is stretched to a square (side = max(w, h), PIL's default resampling) or, in
+pad mode, pasted centred on a square of the mean colour; then CLIP preprocessing (shortest edge to
+336 bicubic, centre crop, 1/255, mean/std).
+
+Text: the reference prompt rules (:mod:`tarsier.prompting`), tokenised with BOS by the checkpoint's
+own ``tokenizer.json`` loaded verbatim (as the reference's fast tokenizer did), then every
+``<image>`` id expanded to the frame's full layout of patch slots and separator ids (601 ids for
+336 px). Batches are left-padded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, PreTrainedTokenizerBase
+
+from tarsier.errors import CheckpointError, PromptError
+from tarsier.media import SampledFrames, load_frames
+from tarsier.model.configuration_tarsier import TarsierConfig
+from tarsier.prompting import ChatTemplate, format_prompt, template_for_eos
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# What a processor reads from a checkpoint folder or hub repo (missing optional files are fine).
+PROCESSOR_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+MediaItem = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Image.Image] | SampledFrames
+
+
+@dataclass
+class ImageSettings:
+    """CLIP preprocessing as declared in ``preprocessor_config.json``."""
+
+    size: int = 336  # shortest edge after resizing
+    crop_size: int = 336
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    rescale_factor: float = 1 / 255
+    resample: int = Image.Resampling.BICUBIC
+
+    @classmethod
+    def from_file(cls, path: Path) -> ImageSettings:
+        data = json.loads(path.read_text())
+        size = data.get("size", 336)
+        crop = data.get("crop_size", 336)
+        return cls(
+            size=size.get("shortest_edge", 336) if isinstance(size, dict) else int(size),
+            crop_size=crop.get("height", 336) if isinstance(crop, dict) else int(crop),
+            mean=tuple(data.get("image_mean", CLIP_MEAN)),
+            std=tuple(data.get("image_std", CLIP_STD)),
+            rescale_factor=data.get("rescale_factor", 1 / 255),
+            resample=data.get("resample", Image.Resampling.BICUBIC),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_processor_type": "CLIPImageProcessor",
+            "do_resize": True,
+            "size": {"shortest_edge": self.size},
+            "do_center_crop": True,
+            "crop_size": {"height": self.crop_size, "width": self.crop_size},
+            "do_rescale": True,
+            "rescale_factor": self.rescale_factor,
+            "do_normalize": True,
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+            "do_convert_rgb": True,
+            "resample": int(self.resample),
+        }
+
+
+@dataclass
+class FrameLayout:
+    """How one ``<image>`` placeholder expands in ``input_ids`` (from the model config)."""
+
+    image_token_id: int
+    frame_token_ids: list[int] = field(repr=False)
+
+    @classmethod
+    def from_config(cls, config: TarsierConfig) -> FrameLayout:
+        return cls(image_token_id=config.image_token_index, frame_token_ids=config.frame_token_ids())
+
+
+def square_frame(image: Image.Image, pad_to_square: bool, background: tuple[int, int, int]) -> Image.Image:
+    """Make a frame square: stretch (the reference default) or pad with ``background``."""
+    width, height = image.size
+    side = max(width, height)
+    if not pad_to_square:
+        return image.resize((side, side))
+    if width == height:
+        return image
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def clip_pixels(image: Image.Image, settings: ImageSettings) -> np.ndarray:
+    """CLIP preprocessing of one RGB image -> float32 ``[3, crop, crop]``."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(settings.size * long / short)
+    new_size = (settings.size, new_long) if width <= height else (new_long, settings.size)
+    image = image.resize(new_size, resample=settings.resample)
+    left = (image.width - settings.crop_size) // 2
+    top = (image.height - settings.crop_size) // 2
+    image = image.crop((left, top, left + settings.crop_size, top + settings.crop_size))
+    pixels = np.asarray(image, dtype=np.float64) * settings.rescale_factor
+    pixels = (pixels - np.asarray(settings.mean)) / np.asarray(settings.std)
+    return pixels.astype(np.float32).transpose(2, 0, 1)
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str], **hub_kwargs: Any) -> Path:
+    """A local folder as is; otherwise download ``files`` (those that exist) from the hub."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
+        raise CheckpointError(f"{name_or_path}: not a checkpoint folder or a hub model id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=list(files), **hub_kwargs))
+    except Exception as exc:  # network, auth, missing repo: one line for the user
+        raise CheckpointError(f"{name_or_path}: could not download from the hub ({type(exc).__name__}: {exc})") from None
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, with ``tokenizer.json`` taken verbatim when present.
+
+    transformers 5's ``LlamaTokenizer`` rebuilds normalisation from its own rules, which changes
+    how text after ``<image>`` is split compared with the reference; the raw file does not.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokenizers import AddedToken, processors
+
+    settings: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            settings.update(json.loads((folder / name).read_text()))
+    special = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = settings.get(key)
+        special[key] = value.get("content") if isinstance(value, dict) else value
+
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(folder / "tokenizer.json"),
+            **{k: v for k, v in special.items() if v is not None},
+        )
+        backend = tokenizer.backend_tokenizer
+        # Like the reference's LlamaTokenizerFast: BOS (and optionally EOS) around every encoding.
+        bos, eos = tokenizer.bos_token, tokenizer.eos_token
+        add_bos, add_eos = settings.get("add_bos_token", True), settings.get("add_eos_token", False)
+        if bos is not None or eos is not None:
+            single = ([f"{bos}:0"] if add_bos and bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos and eos else [])
+            pair = single + ([f"{bos}:1"] if add_bos and bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos and eos else [])
+            tokens = [(t, tokenizer.convert_tokens_to_ids(t)) for t in {bos, eos} if t]
+            backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=tokens)
+    elif (folder / "tokenizer.model").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    else:
+        raise CheckpointError(f"{folder}: no tokenizer.json or tokenizer.model")
+
+    if (folder / "added_tokens.json").is_file():
+        added = json.loads((folder / "added_tokens.json").read_text())
+        for content, token_id in sorted(added.items(), key=lambda item: item[1]):
+            if tokenizer.convert_tokens_to_ids(content) != token_id:
+                tokenizer.add_tokens([AddedToken(content, special=True, normalized=False)], special_tokens=True)
+                if tokenizer.convert_tokens_to_ids(content) != token_id:
+                    raise CheckpointError(f"{folder}/added_tokens.json: {content} should have id {token_id}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # Llama has no pad token; the config pads with id 0 (<unk>)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+class TarsierProcessor:
+    """Turns (prompt, media) pairs into model inputs; decodes generated ids back to text."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        layout: FrameLayout,
+        image_settings: ImageSettings | None = None,
+        max_n_frames: int = 8,
+        do_image_padding: bool = False,
+        chat_template: ChatTemplate | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.layout = layout
+        self.image_settings = image_settings or ImageSettings()
+        self.max_n_frames = max_n_frames
+        self.do_image_padding = do_image_padding
+        self.chat_template = chat_template or template_for_eos(tokenizer.eos_token)
+        image_token = tokenizer.convert_ids_to_tokens(layout.image_token_id)
+        if image_token is None:
+            raise CheckpointError(f"the tokenizer has no token with the image id {layout.image_token_id}")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        max_n_frames: int = 8,
+        do_image_padding: bool = False,
+        chat_template: str | ChatTemplate | None = None,
+        **hub_kwargs: Any,
+    ) -> TarsierProcessor:
+        """Load from a checkpoint folder or hub id (reads config.json for the frame layout)."""
+        folder = resolve_checkpoint_dir(name_or_path, PROCESSOR_FILES, **hub_kwargs)
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{folder}: missing config.json")
+        try:
+            config = TarsierConfig.from_pretrained(str(folder))
+        except Exception as exc:
+            raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
+        image_settings = None
+        if (folder / "preprocessor_config.json").is_file():
+            image_settings = ImageSettings.from_file(folder / "preprocessor_config.json")
+        if isinstance(chat_template, str):
+            from tarsier.prompting import CHAT_TEMPLATES
+
+            if chat_template not in CHAT_TEMPLATES:
+                raise PromptError(f"unknown chat template {chat_template!r}; known: {', '.join(CHAT_TEMPLATES)}")
+            chat_template = CHAT_TEMPLATES[chat_template]
+        return cls(
+            tokenizer=load_tokenizer(folder),
+            layout=FrameLayout.from_config(config),
+            image_settings=image_settings,
+            max_n_frames=max_n_frames,
+            do_image_padding=do_image_padding,
+            chat_template=chat_template,
+        )
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write the tokenizer files and ``preprocessor_config.json`` (the model writes config.json)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(folder))
+        (folder / "preprocessor_config.json").write_text(json.dumps(self.image_settings.to_dict(), indent=2) + "\n")
+
+    # -- media ------------------------------------------------------------------------------------
+    def load_media(
+        self,
+        media: MediaItem,
+        n_frames: int | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> SampledFrames:
+        """Sample frames from a path, a frame folder, a list of frame files, or PIL images.
+
+        ``n_frames`` is capped by ``max_n_frames`` (as in the reference). PIL images are taken as
+        already sampled.
+        """
+        if isinstance(media, SampledFrames):
+            return media
+        if isinstance(media, Sequence) and not isinstance(media, str) and all(isinstance(m, Image.Image) for m in media):
+            images = [image.convert("RGB") for image in media]
+            return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
+        wanted = min(n_frames, self.max_n_frames) if n_frames else self.max_n_frames
+        return load_frames(media, n_frames=wanted, start_time=start_time, end_time=end_time)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``[n, 3, crop, crop]`` float32 pixels for RGB frames."""
+        background = tuple(int(x * 255) for x in self.image_settings.mean)
+        arrays = [
+            clip_pixels(square_frame(image.convert("RGB"), self.do_image_padding, background), self.image_settings)
+            for image in images
+        ]
+        size = self.image_settings.crop_size
+        return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size)
+
+    # -- text -------------------------------------------------------------------------------------
+    def format_prompt(self, prompt: str, n_frames: int) -> str:
+        return format_prompt(prompt, n_frames)
+
+    def expand_image_tokens(self, ids: Sequence[int], n_frames: int) -> list[int]:
+        """Replace each ``<image>`` id by the frame layout; the count must match the frames."""
+        image_id = self.layout.image_token_id
+        found = sum(1 for token in ids if token == image_id)
+        if found != n_frames:
+            raise PromptError(f"the prompt has {found} <image> tokens but {n_frames} frames were given")
+        expanded: list[int] = []
+        for token in ids:
+            expanded.extend(self.layout.frame_token_ids if token == image_id else (token,))
+        return expanded
+
+    def encode_prompt(self, prompt_text: str, n_frames: int, add_bos: bool = True) -> list[int]:
+        """Token ids of an already formatted prompt, placeholders expanded."""
+        ids = self.tokenizer.encode(prompt_text, add_special_tokens=add_bos)
+        return self.expand_image_tokens(ids, n_frames)
+
+    def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+        """Left-pad id lists into ``input_ids`` / ``attention_mask`` (and ``labels`` with -100)."""
+        longest = max(len(seq) for seq in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        padded_labels = torch.full((len(sequences), longest), -100, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if seq:
+                input_ids[row, longest - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                attention_mask[row, longest - len(seq) :] = 1
+                if labels is not None:
+                    padded_labels[row, longest - len(seq) :] = torch.tensor(labels[row], dtype=torch.long)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if labels is not None:
+            batch["labels"] = padded_labels
+        return batch
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        videos: MediaItem | Sequence[MediaItem] | None = None,
+        images: MediaItem | Sequence[MediaItem] | None = None,
+        return_tensors: str | None = "pt",
+        n_frames: int | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> BatchFeature:
+        """Model inputs for one prompt or a batch of prompts, each with its own video/image.
+
+        ``videos``/``images``: one item per prompt (a path, a frame folder, a list of frame
+        files, or a list of PIL images); a single item is allowed for a single prompt.
+        """
+        if return_tensors not in ("pt", None):
+            raise ValueError("TarsierProcessor returns PyTorch tensors only (return_tensors='pt')")
+        texts = [text] if isinstance(text, str) else list(text)
+        media = videos if videos is not None else images
+        if media is None:
+            items: list[MediaItem | None] = [None] * len(texts)
+        elif len(texts) == 1 and not _is_batch_of_media(media):
+            items = [media]
+        else:
+            items = list(media)
+        if len(items) != len(texts):
+            raise PromptError(f"got {len(texts)} prompts but {len(items)} media items; pass one per prompt")
+
+        sequences, frames = [], []
+        for prompt, item in zip(texts, items):
+            sampled = None if item is None else self.load_media(item, n_frames, start_time, end_time)
+            count = 0 if sampled is None else len(sampled.images)
+            sequences.append(self.encode_prompt(self.format_prompt(prompt, count), count))
+            if sampled is not None:
+                frames.extend(sampled.images)
+        batch: dict[str, Any] = self.pad(sequences)
+        if frames:
+            batch["pixel_values"] = self.pixel_values(frames)
+        return BatchFeature(batch)
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def batch_decode(self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(self._drop_layout_ids(ids), skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def decode(self, ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = True, **kwargs: Any) -> str:
+        return self.tokenizer.decode(self._drop_layout_ids([ids])[0], skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def _drop_layout_ids(self, rows: torch.Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
+        # Separator ids are embedding rows, not tokenizer tokens: drop them (and patch slots) before decoding.
+        layout_ids = set(self.layout.frame_token_ids)
+        return [[int(t) for t in row if int(t) not in layout_ids] for row in rows]
+
+
+def _is_batch_of_media(media: Any) -> bool:
+    """True when ``media`` is a list with one item per prompt rather than one item itself."""
+    if isinstance(media, (str, os.PathLike, SampledFrames)) or not isinstance(media, Sequence):
+        return False
+    if all(isinstance(m, Image.Image) for m in media):
+        return False  # a list of PIL frames is one video
+    return not all(isinstance(m, (str, os.PathLike)) and _looks_like_frame_file(m) for m in media) or len(media) == 0
+
+
+def _looks_like_frame_file(path: str | os.PathLike) -> bool:
+    from tarsier.media import IMAGE_EXTENSIONS
+
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS

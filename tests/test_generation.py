@@ -1,0 +1,93 @@
+"""Greedy/sampled decoding, batch == single, streaming, and chat turns that reuse the KV cache."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tarsier import TarsierError, TarsierForConditionalGeneration
+from tarsier.generation import ChatSession, GenerationSettings, generate_ids, generate_text, stream_text
+from tarsier.media import SampledFrames
+from tarsier.processor import TarsierProcessor
+
+
+def frames(count, seed):
+    rng = np.random.RandomState(seed)
+    return [Image.fromarray((rng.rand(40, 56, 3) * 255).astype("uint8")) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def fast(fast_checkpoint):
+    model = TarsierForConditionalGeneration.from_pretrained(fast_checkpoint, torch_dtype=torch.float32).eval()
+    return model, TarsierProcessor.from_pretrained(fast_checkpoint)
+
+
+def test_settings_validate_and_default_to_the_reference():
+    settings = GenerationSettings()
+    assert (settings.max_new_tokens, settings.temperature, settings.top_p, settings.do_sample) == (512, 0.0, 1.0, False)
+    for bad in ({"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}):
+        with pytest.raises(TarsierError):
+            GenerationSettings(**bad)
+
+
+def test_batched_greedy_generation_equals_each_item_alone(fast):
+    model, processor = fast
+    prompts = ["<video>\nDescribe the video in detail.", "<video>\nWhat is moving?", "Tell me everything about it."]
+    videos = [frames(3, 0), frames(1, 1), frames(5, 2)]
+    settings = GenerationSettings(max_new_tokens=12)
+    batch = generate_ids(model, processor, processor(text=prompts, videos=videos), settings)
+    assert batch.shape[1] == 12
+    for row, (prompt, video) in enumerate(zip(prompts, videos)):
+        alone = generate_ids(model, processor, processor(text=prompt, videos=[video]), settings)[0]
+        assert batch[row, : len(alone)].tolist() == alone.tolist()
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(fast):
+    model, processor = fast
+    inputs = processor(text="<video>\nDescribe.", videos=[frames(2, 3)])
+    greedy = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=10))
+    sampling = GenerationSettings(max_new_tokens=10, temperature=1.5, top_p=0.95)
+    torch.manual_seed(7)
+    first = generate_ids(model, processor, inputs, sampling)
+    torch.manual_seed(7)
+    second = generate_ids(model, processor, inputs, sampling)
+    assert first.tolist() == second.tolist()
+    assert first.tolist() != greedy.tolist()
+
+
+def test_streamed_text_equals_the_decoded_reply(fast):
+    model, processor = fast
+    inputs = processor(text="<video>\nDescribe.", videos=[frames(2, 4)])
+    settings = GenerationSettings(max_new_tokens=15)
+    streamed = "".join(stream_text(model, processor, inputs, settings))
+    assert streamed == generate_text(model, processor, inputs, settings)[0]
+    assert streamed
+
+
+def test_chat_reuses_the_cache_and_matches_an_uncached_run(fast):
+    model, processor = fast
+    video = SampledFrames(frames(2, 5), [0, 1], 2, None, "test", "frames")
+    settings = GenerationSettings(max_new_tokens=6)
+    vision_calls = []
+    hook = model.vision_tower.vision_model.register_forward_hook(lambda *args: vision_calls.append(1))
+    try:
+        session = ChatSession(model, processor, video, settings)
+        first = "".join(session.ask("What happens?"))
+        ids_after_first = list(session._ids)
+        second = "".join(session.ask("And then?"))
+    finally:
+        hook.remove()
+    assert len(vision_calls) == 1  # the frames were encoded once for both turns
+    assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
+    assert session.history[1]["content"] == first
+
+    # Turn 2 continues turn 1 token for token: reply, end separator, then the new user turn.
+    follow_up = processor.encode_prompt("USER: And then? ASSISTANT: ", 0, add_bos=False)
+    assert ids_after_first[-1] == processor.tokenizer.eos_token_id
+    turn_two_prompt = ids_after_first + follow_up
+    assert session._ids[: len(turn_two_prompt)] == turn_two_prompt
+
+    # An uncached run over the same ids gives the same second reply.
+    ids = torch.tensor([turn_two_prompt])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": processor.pixel_values(video.images)}
+    assert generate_text(model, processor, inputs, settings)[0] == second
