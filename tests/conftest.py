@@ -15,3 +15,19 @@ def tiny_checkpoint(tmp_path_factory):
 def fast_checkpoint(tmp_path_factory):
     """56 px frames (21 positions per frame) for tests that generate a lot."""
     return build_random_checkpoint(tmp_path_factory.mktemp("fast-checkpoint"), "tiny-fast")
+
+
+@pytest.fixture(scope="session")
+def long_video(tmp_path_factory):
+    """A 60 s, 1500-frame 64x48 H.264 mp4 with x264's default GOPs and B-frames; frame i shows i."""
+    from media_factory import make_video
+
+    return make_video(tmp_path_factory.mktemp("media") / "long.mp4", 1500, fps=25)
+
+
+@pytest.fixture(scope="session")
+def clip_25fps(tmp_path_factory):
+    """A 4 s, 100-frame 64x48 H.264 mp4 at 25 fps; frame i shows i."""
+    from media_factory import make_video
+
+    return make_video(tmp_path_factory.mktemp("media") / "clip.mp4", 100, fps=25)

@@ -22,7 +22,8 @@ from tarsier.generation import GenerationSettings, generate_text, stream_text
 from tarsier.model import TarsierForConditionalGeneration
 from tarsier.processor import MediaItem, TarsierProcessor
 from tarsier.prompting import default_prompt
-from tarsier.runtime import DEFAULT_MODEL, load_pretrained
+from tarsier.checkpoints import DEFAULT_MODEL
+from tarsier.runtime import load_pretrained
 
 
 @dataclass

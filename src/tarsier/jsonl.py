@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,21 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 def done_keys(path: str | Path, key: str) -> set[Any]:
     """Values of ``key`` in the records already written to ``path`` (empty if it does not exist)."""
     return {record[key] for record in read_records(path) if key in record}
+
+
+def drop_records(path: str | Path, unwanted: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite ``path`` without the records ``unwanted`` picks (atomically); returns how many went.
+
+    Used to retry failed items: their records are removed so a rerun treats them as not done.
+    """
+    path = Path(path)
+    records = read_records(path)
+    kept = [record for record in records if not unwanted(record)]
+    if len(kept) != len(records):
+        scratch = path.with_name(path.name + ".tmp")
+        scratch.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+        os.replace(scratch, path)
+    return len(records) - len(kept)
 
 
 class JsonlAppender:

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
+from tarsier.checkpoints import PROCESSOR_FILES, resolve_checkpoint_dir
 from tarsier.errors import CheckpointError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier import TarsierConfig
@@ -31,17 +32,6 @@ from tarsier.prompting import ChatTemplate, format_prompt, template_for_eos
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# What a processor reads from a checkpoint folder or hub repo (missing optional files are fine).
-PROCESSOR_FILES = (
-    "config.json",
-    "preprocessor_config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 
 MediaItem = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Image.Image] | SampledFrames
 
@@ -126,21 +116,6 @@ def clip_pixels(image: Image.Image, settings: ImageSettings) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.float64) * settings.rescale_factor
     pixels = (pixels - np.asarray(settings.mean)) / np.asarray(settings.std)
     return pixels.astype(np.float32).transpose(2, 0, 1)
-
-
-def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str], **hub_kwargs: Any) -> Path:
-    """A local folder as is; otherwise download ``files`` (those that exist) from the hub."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
-        raise CheckpointError(f"{name_or_path}: not a checkpoint folder or a hub model id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(name_or_path), allow_patterns=list(files), **hub_kwargs))
-    except Exception as exc:  # network, auth, missing repo: one line for the user
-        raise CheckpointError(f"{name_or_path}: could not download from the hub ({type(exc).__name__}: {exc})") from None
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
+from tarsier.checkpoints import checkpoint_folder
 from tarsier.errors import CheckpointError, TarsierError
 from tarsier.model import TarsierForConditionalGeneration
-from tarsier.processor import PROCESSOR_FILES, TarsierProcessor, resolve_checkpoint_dir
-
-DEFAULT_MODEL = "omni-research/Tarsier-7b"
+from tarsier.processor import TarsierProcessor
 
 DTYPES = {
     "fp32": torch.float32,
@@ -22,8 +20,6 @@ DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def resolve_device(name: str | None) -> str:
@@ -52,18 +48,6 @@ def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
     if name.lower() not in DTYPES:
         raise TarsierError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[name.lower()]
-
-
-def checkpoint_folder(name_or_path: str | os.PathLike) -> Path:
-    """A complete checkpoint folder (downloaded if a hub id) or a one-line CheckpointError."""
-    folder = resolve_checkpoint_dir(name_or_path, PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json", "generation_config.json"))
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: missing config.json")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise CheckpointError(f"{folder}: no weights (model.safetensors or model.safetensors.index.json)")
-    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
-        raise CheckpointError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model)")
-    return folder
 
 
 def load_model(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -56,33 +55,18 @@ def collect_inputs(source: str, recursive: bool) -> list[MediaInput]:
     raise TarsierError(f"{source}: expected a folder or a .txt/.jsonl list of media paths")
 
 
-def drop_failed_records(output: Path) -> int:
-    """Rewrite ``output`` without error records (atomically); returns how many were dropped."""
-    import json
-
-    from tarsier.jsonl import read_records
-
-    records = read_records(output)
-    kept = [record for record in records if not record.get("error")]
-    if len(kept) != len(records):
-        scratch = output.with_suffix(output.suffix + ".tmp")
-        scratch.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-        os.replace(scratch, output)
-    return len(records) - len(kept)
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tarsier.inference import DescribeRequest, Describer
-    from tarsier.jsonl import JsonlAppender, done_keys
+    from tarsier.jsonl import JsonlAppender, done_keys, drop_records
 
     check_model_options(args)
     settings = generation_from_args(args)
     output = Path(args.output)
     items = collect_inputs(args.input, args.recursive)
     if args.retry_errors and output.exists():
-        dropped = drop_failed_records(output)
+        dropped = drop_records(output, lambda record: bool(record.get("error")))
         print(f"retrying {dropped} failed item(s)", file=sys.stderr)
     done = done_keys(output, "path")
     todo = [item for item in items if item.path not in done]

@@ -43,10 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tarsier.inference import DescribeRequest, Describer
+    from tarsier.media import media_kind
 
     check_model_options(args)
     settings = generation_from_args(args)
     items = expand_paths(args.paths, recursive=args.recursive, frame_folders=args.frames)
+    if len(items) == 1:
+        media_kind(items[0].path)  # a lone bad input fails before the model loads
     describer = Describer.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
         batch_size=args.batch_size, generation=settings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tarsier.runtime import DEFAULT_MODEL
+from tarsier.checkpoints import DEFAULT_MODEL
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,56 @@
+"""Where checkpoints come from: a local folder or a hub id, checked before anything loads.
+
+Kept free of torch/transformers imports so the CLI can use it while staying quick to start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tarsier.errors import CheckpointError
+
+DEFAULT_MODEL = "omni-research/Tarsier-7b"
+
+# What a processor reads (missing optional files are fine).
+PROCESSOR_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+MODEL_FILES = PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json", "generation_config.json")
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str], **hub_kwargs: Any) -> Path:
+    """A local folder as is; otherwise download ``files`` (those that exist) from the hub."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
+        raise CheckpointError(f"{name_or_path}: not a checkpoint folder or a hub model id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=list(files), **hub_kwargs))
+    except Exception as exc:  # network, auth, missing repo: one line for the user
+        reason = " ".join(str(exc).split())
+        raise CheckpointError(f"{name_or_path}: could not download from the hub ({type(exc).__name__}: {reason})") from None
+
+
+def checkpoint_folder(name_or_path: str | os.PathLike) -> Path:
+    """A complete checkpoint folder (downloaded if a hub id) or a one-line CheckpointError."""
+    folder = resolve_checkpoint_dir(name_or_path, MODEL_FILES)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: missing config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"{folder}: no weights (model.safetensors or model.safetensors.index.json)")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
+        raise CheckpointError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model)")
+    return folder

@@ -1,0 +1,345 @@
+"""Reading annotation and predictions JSONL files, and finding each item's video.
+
+Annotations and predictions share one line format (a predictions line is the annotation line with a
+prediction added), so both are read here, checked field by field, and every problem is reported as
+``file:line: problem``. Video paths are usually placeholders in the released annotations; they are
+filled from ``vid`` and a video root the user gives, and missing videos are counted up front so a
+long run does not discover them one by one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tarsier.errors import TarsierError
+from tarsier.eval.benchmarks import BENCHMARKS, Benchmark, benchmark_for_dataset
+from tarsier.jsonl import iter_jsonl
+
+PLACEHOLDER = "<placeholder>"
+MEDIA_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".wmv", ".gif", ".jpg", ".jpeg", ".png", ".tif")
+
+
+@dataclass
+class Item:
+    """One annotation or prediction line, with its benchmark and where it came from."""
+
+    benchmark: Benchmark
+    record: dict[str, Any]
+    path: Path
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    @property
+    def dataset(self) -> str:
+        return self.record["dataset"]
+
+    @property
+    def idx(self) -> Any:
+        return self.record["idx"]
+
+    @property
+    def key(self) -> str:
+        return item_key(self.record)
+
+    @property
+    def text(self) -> dict[str, Any]:
+        return self.record["text"]
+
+    @property
+    def prompt(self) -> str:
+        return self.text.get("prompt") or self.benchmark.default_prompt or ""
+
+    @property
+    def response(self) -> Any:
+        return self.text.get("response")
+
+    @property
+    def question(self) -> str | None:
+        return self.text.get("question")
+
+    @property
+    def extra_info(self) -> dict[str, Any]:
+        return self.record.get("extra_info") or {}
+
+    @property
+    def prediction(self) -> str | None:
+        """The model's answer: ``text.prediction`` (the reference layout) or a top-level ``prediction``."""
+        if "prediction" in self.text:
+            return self.text["prediction"]
+        return self.record.get("prediction")
+
+    @property
+    def error(self) -> str | None:
+        """Why inference produced no prediction for this item (written by ``tarsier bench run``)."""
+        return self.record.get("error")
+
+
+def item_key(record: Mapping[str, Any]) -> str:
+    """Identity of an item across annotations, predictions and results: ``dataset/idx``."""
+    return f"{record['dataset']}/{record['idx']}"
+
+
+@dataclass
+class Selection:
+    """Items per benchmark (registry order) plus what was left out and why."""
+
+    items: dict[str, list[Item]] = field(default_factory=dict)  # only benchmarks that have items
+    requested: list[str] = field(default_factory=list)  # benchmarks asked for (empty: any)
+    files: list[Path] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)  # dataset -> lines of no selected benchmark
+    replaced: int = 0  # prediction lines superseded by a later line for the same item
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.items.values())
+
+
+def _get(record: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _check_common(record: dict[str, Any], where: str) -> None:
+    idx = record.get("idx")
+    if idx is None or isinstance(idx, bool) or not isinstance(idx, (int, str)):
+        raise TarsierError(f"{where}: missing or invalid 'idx' (expected an integer or a string)")
+    dataset = record.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise TarsierError(f"{where}: missing or invalid 'dataset' (expected a string such as 'DREAM/shorts')")
+    if not isinstance(record.get("text"), dict):
+        raise TarsierError(f"{where}: missing or invalid 'text' (expected an object with 'prompt' and 'response')")
+
+
+def _check_annotation(record: dict[str, Any], benchmark: Benchmark, where: str) -> None:
+    prompt = record["text"].get("prompt")
+    if prompt is None and benchmark.default_prompt is None:
+        raise TarsierError(f"{where}: missing 'text.prompt' ({benchmark.name} has no default prompt)")
+    if prompt is not None and not isinstance(prompt, str):
+        raise TarsierError(f"{where}: 'text.prompt' must be a string")
+    video = record.get("video_file")
+    if video is not None and not isinstance(video, (str, list)):
+        raise TarsierError(f"{where}: 'video_file' must be a path or a list of frame files")
+    if isinstance(video, list) and not all(isinstance(v, str) for v in video):
+        raise TarsierError(f"{where}: 'video_file' list must hold file paths (strings)")
+    if (video is None or (isinstance(video, str) and _is_placeholder(video))) and record.get("vid") is None:
+        raise TarsierError(f"{where}: no 'video_file' and no 'vid' to find the video by")
+
+
+def _check_prediction(record: dict[str, Any], benchmark: Benchmark, where: str) -> None:
+    response = record["text"].get("response")
+    if benchmark.response == "texts":
+        ok = isinstance(response, str) or (
+            isinstance(response, list) and response and all(isinstance(r, str) for r in response)
+        )
+        expected = "a string or a non-empty list of reference captions"
+    else:
+        ok = isinstance(response, str)
+        expected = "an option letter" if benchmark.response == "letter" else "a string"
+    if not ok:
+        raise TarsierError(f"{where}: missing or invalid 'text.response' (expected {expected})")
+    for dotted in benchmark.required:
+        if not isinstance(_get(record, dotted), str):
+            raise TarsierError(f"{where}: missing '{dotted}' (needed by {benchmark.name})")
+    text = record["text"]
+    has_prediction = "prediction" in text or "prediction" in record
+    prediction = text["prediction"] if "prediction" in text else record.get("prediction")
+    if not has_prediction:
+        raise TarsierError(f"{where}: no prediction (expected 'text.prediction' or 'prediction')")
+    if prediction is None and not record.get("error"):
+        raise TarsierError(f"{where}: prediction is null and no 'error' says why")
+    if prediction is not None and not isinstance(prediction, str):
+        raise TarsierError(f"{where}: prediction must be a string")
+    events = _get(record, "extra_info.events")
+    if events is not None and not (isinstance(events, list) and all(isinstance(e, str) for e in events)):
+        raise TarsierError(f"{where}: 'extra_info.events' must be a list of strings")
+
+
+def _is_placeholder(video_file: str) -> bool:
+    return not video_file.strip() or PLACEHOLDER in video_file
+
+
+def annotation_files(paths: Sequence[str | Path], benchmarks: Sequence[Benchmark]) -> list[Path]:
+    """Files to read: given files as they are; in a folder, the reference file names of ``benchmarks``."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            wanted = benchmarks or BENCHMARKS
+            found = []
+            for benchmark in wanted:
+                for name in benchmark.annotation_files:
+                    if (path / name).is_file():
+                        found.append(path / name)
+                        break
+                else:
+                    if benchmarks:
+                        raise TarsierError(
+                            f"{path}: no annotation file for {benchmark.name} "
+                            f"(looked for {', '.join(benchmark.annotation_files)}); pass the file itself"
+                        )
+            if not found:
+                raise TarsierError(f"{path}: no known annotation files in this folder; pass the files themselves")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TarsierError(f"{path}: file not found")
+    return files
+
+
+def prediction_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Files to read: given files as they are; in a folder, every ``*.jsonl`` directly inside it."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.jsonl") if p.is_file())
+            if not found:
+                raise TarsierError(f"{path}: no .jsonl files in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TarsierError(f"{path}: file not found")
+    return files
+
+
+def _read(files: Iterable[Path], benchmarks: Sequence[Benchmark] | None, *, predictions: bool) -> Selection:
+    among = list(benchmarks) if benchmarks else list(BENCHMARKS)
+    selection = Selection(items={b.name: [] for b in among})
+    seen: dict[str, int] = {}  # key -> position in its benchmark's list
+    for path in files:
+        selection.files.append(path)
+        for line, record in iter_jsonl(path):
+            where = f"{path}:{line}"
+            _check_common(record, where)
+            benchmark = benchmark_for_dataset(record["dataset"], among)
+            if benchmark is None:
+                selection.ignored[record["dataset"]] += 1
+                continue
+            if predictions:
+                _check_prediction(record, benchmark, where)
+            else:
+                _check_annotation(record, benchmark, where)
+            item = Item(benchmark, record, path, line)
+            bucket = selection.items[benchmark.name]
+            if item.key in seen:
+                if not predictions:
+                    first = bucket[seen[item.key]]
+                    raise TarsierError(f"{where}: duplicate item {item.key} (first at {first.where})")
+                # A later line for the same item (a resumed run that retried it) supersedes the earlier one.
+                bucket[seen[item.key]] = item
+                selection.replaced += 1
+                continue
+            seen[item.key] = len(bucket)
+            bucket.append(item)
+    selection.requested = [b.name for b in benchmarks or []]
+    selection.items = {name: items for name, items in selection.items.items() if items}
+    return selection
+
+
+def load_annotations(paths: Sequence[str | Path], benchmarks: Sequence[Benchmark] | None = None) -> Selection:
+    """Annotation items of ``benchmarks`` (all known ones when None) from files or annotation folders."""
+    return _read(annotation_files(paths, benchmarks or []), benchmarks, predictions=False)
+
+
+def load_predictions(paths: Sequence[str | Path], benchmarks: Sequence[Benchmark] | None = None) -> Selection:
+    """Prediction items of ``benchmarks`` (all present when None); a later line for an item wins."""
+    return _read(prediction_files(paths), benchmarks, predictions=True)
+
+
+def require_items(selection: Selection, what: str) -> list[str]:
+    """Zero selected items is an error that says what the files did contain; otherwise the
+    requested benchmarks that have no items (for a warning)."""
+    if selection.total:
+        return [name for name in selection.requested if name not in selection.items]
+    files = ", ".join(str(f) for f in selection.files) or "(no files)"
+    found = ", ".join(f"{name} ({n})" for name, n in selection.ignored.most_common(8))
+    wanted = ", ".join(selection.requested) or "any known benchmark"
+    hint = f"; the files hold: {found}" if found else "; the files hold no items"
+    raise TarsierError(f"{files}: no {what} for {wanted}{hint}")
+
+
+@dataclass
+class Missing:
+    """Videos that could not be found for one benchmark."""
+
+    benchmark: str
+    total: int
+    items: list[tuple[str, str]] = field(default_factory=list)  # (item key, path looked for)
+
+
+class VideoResolver:
+    """Fills ``video_file`` from ``vid`` and a video root, and checks that the files exist.
+
+    Rules, in order: a list of frame files (MVBench) keeps its order, each relative path taken from the
+    root; a real path is used as is (relative ones from the root); a placeholder is replaced by
+    ``ROOT/VID`` when that exists (a file or a frame folder) or else by the media file in that folder
+    whose name without extension is ``VID`` (``ROOT/VID.mp4``, ``.webm``, ...).
+    """
+
+    def __init__(self, roots: Mapping[str | None, str | Path]):
+        self.roots = {name: Path(root) for name, root in roots.items()}
+        self._stems: dict[Path, dict[str, Path]] = {}
+
+    def root_for(self, benchmark: Benchmark) -> Path | None:
+        return self.roots.get(benchmark.name, self.roots.get(None))
+
+    def needs_root(self, item: Item) -> bool:
+        video = item.record.get("video_file")
+        return video is None or (isinstance(video, str) and _is_placeholder(video))
+
+    def _stem_index(self, folder: Path) -> dict[str, Path]:
+        if folder not in self._stems:
+            index: dict[str, Path] = {}
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                entries = []
+            for entry in entries:
+                stem, ext = os.path.splitext(entry.name)
+                if ext.lower() in MEDIA_EXTENSIONS:
+                    index.setdefault(stem, Path(entry.path))
+            self._stems[folder] = index
+        return self._stems[folder]
+
+    def _under_root(self, path: str, root: Path | None) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() or root is None else root / p
+
+    def resolve(self, item: Item) -> tuple[str | list[str] | None, str]:
+        """``(media, looked_for)``: media is None when the video is missing."""
+        root = self.root_for(item.benchmark)
+        video = item.record.get("video_file")
+        if isinstance(video, list):
+            frames = [self._under_root(v, root) for v in video]
+            if not frames:
+                return None, "an empty list of frame files"
+            for frame in frames:
+                if not frame.is_file():
+                    return None, str(frame)
+            return [str(f) for f in frames], str(frames[0].parent)
+        if isinstance(video, str) and not _is_placeholder(video):
+            path = self._under_root(video, root)
+            return (str(path) if path.exists() else None), str(path)
+        if root is None:
+            return None, f"vid {item.record.get('vid')!r} (no video root given)"
+        direct = root / str(item.record["vid"])
+        if direct.exists():
+            return str(direct), str(direct)
+        found = self._stem_index(direct.parent).get(direct.name)
+        if found is not None:
+            return str(found), str(found)
+        return None, f"{direct}.*"

@@ -1,0 +1,275 @@
+"""``tarsier bench run``: sharding, resume, per-item errors and missing videos (with a stand-in
+describer), then end to end on a tiny random checkpoint with generated videos, through ``tarsier eval``."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from eval_helpers import write_jsonl
+from media_factory import make_frame_folder, make_video
+
+from tarsier.cli import main
+from tarsier.errors import TarsierError
+from tarsier.eval.annotations import VideoResolver, load_annotations, load_predictions
+from tarsier.eval.runner import RunSettings, missing_shards, plan, predictions_path, run, shard
+from tarsier.jsonl import read_records
+
+
+class FakeDescriber:
+    """Same shape as tarsier.inference.Describer.run: results in request order."""
+
+    def __init__(self, fail=(), crash_after=None):
+        self.fail, self.crash_after, self.seen = set(fail), crash_after, []
+
+    def run(self, requests):
+        for n, request in enumerate(requests):
+            if self.crash_after is not None and n == self.crash_after:
+                raise KeyboardInterrupt
+            self.seen.append(request.key)
+            error = f"{request.media}: cannot decode" if request.key in self.fail else None
+            yield SimpleNamespace(
+                key=request.key,
+                text=None if error else f"described {request.key}",
+                error=error,
+                frame_indices=[0, 1],
+                total_frames=2,
+                seconds=0.25,
+            )
+
+
+def annotation(dataset, idx, **fields):
+    line = {
+        "idx": idx,
+        "dataset": dataset,
+        "text": {"prompt": "<video>\nDescribe the video in detail.", "response": "r"},
+        "video_file": "<placeholder>",
+        "vid": idx,
+    }
+    line.update(fields)
+    return line
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """10 DREAM items and 5 MVBench items (frame lists), with stand-in video files."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    lines = []
+    for i in range(1, 11):
+        (videos / f"{i}.mp4").write_bytes(b"x")
+        lines.append(annotation(f"DREAM/{'ab'[i % 2]}", i, extra_info={"events": []}))
+    for i in range(5):
+        frames = videos / f"f{i}"
+        frames.mkdir()
+        for j in range(3):
+            (frames / f"{j}.jpg").write_bytes(b"x")
+        lines.append(
+            annotation(
+                "MVBench/Action Sequence",
+                i,
+                video_file=[f"f{i}/{j}.jpg" for j in range(3)],
+                text={"prompt": "USER: <video> Q\nASSISTANT: Answer: (", "response": "A"},
+            )
+        )
+    return write_jsonl(tmp_path / "annotations.jsonl", lines), videos
+
+
+def run_shard(bench_files, out, describer, **settings):
+    annotations, videos = bench_files
+    run_settings = RunSettings(output_dir=out, progress=False, **settings)
+    work = plan(load_annotations([annotations]), VideoResolver({None: videos}), run_settings)
+    return work, run(work, describer, run_settings)
+
+
+def test_shard_split():
+    items = list(range(10))
+    parts = [shard(items, 3, k) for k in range(3)]
+    assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert shard(items, 20, 19) == [] and shard([], 2, 0) == []
+    with pytest.raises(TarsierError, match="--shard-index must be in 0..2"):
+        RunSettings(Path("x"), num_shards=3, shard_index=3)
+
+
+def test_shards_are_disjoint_and_complete(bench, tmp_path):
+    out = tmp_path / "out"
+    for k in range(3):
+        run_shard(bench, out, FakeDescriber(), num_shards=3, shard_index=k)
+    keys = [[r["key"] for r in read_records(predictions_path(out, 3, k))] for k in range(3)]
+    flat = [key for part in keys for key in part]
+    assert len(flat) == len(set(flat)) == 15
+    assert all(part for part in keys)
+    records = {r["key"]: r for part in range(3) for r in read_records(predictions_path(out, 3, part))}
+    first = records["DREAM/b/1"]
+    assert first["text"]["prediction"] == "described DREAM/b/1" and first["error"] is None
+    assert first["video_file"] == str(bench[1] / "1.mp4") and first["frame_indices"] == [0, 1]
+    assert records["MVBench/Action Sequence/0"]["video_file"] == [str(bench[1] / "f0" / f"{j}.jpg") for j in range(3)]
+    # The shard files are one predictions set for `tarsier eval` (which warns if one is missing).
+    selection = load_predictions([out])
+    assert selection.total == 15 and missing_shards(selection.files) == []
+    predictions_path(out, 3, 1).unlink()
+    assert missing_shards(load_predictions([out]).files) == [f"{out}: shards 1 of 3 are missing"]
+
+
+def test_resume_after_a_crash_skips_done_items(bench, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(bench, out, FakeDescriber(crash_after=4))
+    assert len(read_records(predictions_path(out))) == 4
+    # A torn last line (a crash mid-write) is repaired, not fatal.
+    with predictions_path(out).open("a") as handle:
+        handle.write('{"key": "DREAM/b/9", "text": {"pred')
+    describer = FakeDescriber()
+    work, (ok, failed) = run_shard(bench, out, describer)
+    assert work.counts["dream"]["done"] == 4 and (ok, failed) == (11, 0)
+    assert len(describer.seen) == 11 and "DREAM/b/1" not in describer.seen
+    keys = [r["key"] for r in read_records(predictions_path(out))]
+    assert len(keys) == len(set(keys)) == 15
+
+
+def test_errors_are_recorded_and_retried_only_when_asked(bench, tmp_path):
+    out = tmp_path / "out"
+    _, (ok, failed) = run_shard(bench, out, FakeDescriber(fail={"DREAM/a/2", "MVBench/Action Sequence/3"}))
+    assert (ok, failed) == (13, 2)
+    errors = {r["key"]: r for r in read_records(predictions_path(out)) if r["error"]}
+    assert errors["DREAM/a/2"]["text"]["prediction"] is None and "cannot decode" in errors["DREAM/a/2"]["error"]
+    again = FakeDescriber()
+    run_shard(bench, out, again)
+    assert again.seen == []
+    retry = FakeDescriber()
+    work, (ok, failed) = run_shard(bench, out, retry, retry_errors=True)
+    assert work.retried == 2 and sorted(retry.seen) == ["DREAM/a/2", "MVBench/Action Sequence/3"]
+    records = read_records(predictions_path(out))
+    assert len(records) == 15 and not any(r["error"] for r in records)
+
+
+def test_missing_videos_stop_the_run_unless_skipped(bench, tmp_path):
+    annotations, videos = bench
+    (videos / "3.mp4").unlink()
+    (videos / "f2" / "1.jpg").unlink()
+    with pytest.raises(TarsierError) as info:
+        run_shard(bench, tmp_path / "out", FakeDescriber())
+    message = str(info.value)
+    assert message.startswith("2 of 15 videos not found (dream: 1 of 10, mvbench: 1 of 5; e.g. DREAM/b/3 -> ")
+    assert "--skip-missing" in message and "\n" not in message
+    describer = FakeDescriber()
+    work, (ok, _) = run_shard(bench, tmp_path / "out", describer, skip_missing=True)
+    assert ok == 13 and work.counts["dream"]["missing"] == 1 and "DREAM/b/3" not in describer.seen
+
+
+def test_placeholders_need_a_video_root_and_limit_applies_per_benchmark(bench, tmp_path):
+    annotations, _ = bench
+    with pytest.raises(
+        TarsierError, match="dream annotations hold placeholders for video paths; give the video folder"
+    ):
+        plan(load_annotations([annotations]), VideoResolver({}), RunSettings(tmp_path, progress=False))
+    describer = FakeDescriber()
+    run_shard(bench, tmp_path / "out", describer, limit=2)
+    assert describer.seen == ["DREAM/b/1", "DREAM/a/2", "MVBench/Action Sequence/0", "MVBench/Action Sequence/1"]
+
+
+def test_bench_cli_errors(bench, tmp_path, capsys):
+    annotations, videos = bench
+    base = ["bench", "run", "--annotations", str(annotations), "--output-dir", str(tmp_path / "o")]
+    assert main([*base, "-b", "dreamz"]) == 2
+    assert "unknown benchmark 'dreamz'" in capsys.readouterr().err
+    assert main([*base, "--video-root", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main([*base, "-b", "egoschema", "--video-root", str(videos)]) == 2
+    assert "no annotation items for egoschema" in capsys.readouterr().err
+    assert main([*base, "--video-root", str(videos), "--dry-run", "--num-shards", "2", "--shard-index", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "dream: 5 items in shard 1/2, 0 already done, 0 without video, 5 to run" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.slow
+def test_bench_run_and_eval_end_to_end_on_a_tiny_checkpoint(
+    fast_checkpoint, tmp_path, judge_server, monkeypatch, capsys
+):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    lines = []
+    for i in range(1, 4):
+        make_video(videos / f"{i}.mp4", 6 + i)
+        lines.append(
+            annotation(
+                "DREAM/stock",
+                i,
+                text={"prompt": "<video>\nDescribe the video in detail.", "response": "A man walks."},
+                extra_info={"events": ["a man walks"]},
+            )
+        )
+    for i in range(2):
+        make_frame_folder(videos / f"mv{i}", 5)
+        lines.append(
+            annotation(
+                "MVBench/Object Shuffle",
+                i,
+                video_file=[f"mv{i}/frame{j}.png" for j in range(5)],
+                text={
+                    "prompt": "USER: <video> Where is the ball?\n(A) left\n(B) right\nASSISTANT: Answer: (",
+                    "response": "A",
+                },
+            )
+        )
+    annotations = write_jsonl(tmp_path / "annotations.jsonl", lines)
+    out = tmp_path / "run"
+    base = [
+        "bench",
+        "run",
+        "-a",
+        str(annotations),
+        "--video-root",
+        str(videos),
+        "-o",
+        str(out),
+        "--model",
+        str(fast_checkpoint),
+        "--device",
+        "cpu",
+        "--max-frames",
+        "4",
+        "--max-new-tokens",
+        "5",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--num-shards",
+        "2",
+    ]
+    assert main([*base, "--shard-index", "0"]) == 0
+    assert main([*base, "--shard-index", "1"]) == 0
+    shards = [read_records(predictions_path(out, 2, k)) for k in range(2)]
+    keys = [r["key"] for part in shards for r in part]
+    assert sorted(keys) == sorted(f"{line['dataset']}/{line['idx']}" for line in lines) and len(set(keys)) == 5
+    for record in (r for part in shards for r in part):
+        assert record["error"] is None and isinstance(record["text"]["prediction"], str)
+        assert record["frame_indices"] and record["seconds"] >= 0
+    assert json.loads((out / "predictions.shard-0-of-2.meta.json").read_text())["model"] == str(fast_checkpoint)
+    capsys.readouterr()
+    assert main([*base, "--shard-index", "0"]) == 0  # resume: nothing left to do, no model loaded
+    assert "nothing to run" in capsys.readouterr().err
+
+    monkeypatch.setenv("TARSIER_JUDGE_API_KEY", "k")
+    assert (
+        main(
+            [
+                "eval",
+                str(out),
+                "--judge-model",
+                "j",
+                "--judge-base-url",
+                judge_server.url,
+                "--no-progress",
+                "--judge-cache",
+                str(tmp_path / "c.sqlite"),
+            ]
+        )
+        == 0
+    )
+    dream = json.loads((out / "eval" / "dream_summary.json").read_text())
+    mvbench = json.loads((out / "eval" / "mvbench_summary.json").read_text())
+    assert dream["items"] == 3 and dream["results"]["overall"]["success"] == 3
+    assert mvbench["items"] == 2
+    assert mvbench["results"]["overall"]["success"] + mvbench["results"]["overall"]["failed"] == 2
