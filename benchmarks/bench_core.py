@@ -109,12 +109,12 @@ def make_clip(seconds: int, width: int, height: int, fps: int = 25) -> Path:
 
 
 def full_decode_sampling(path: Path, n_frames: int) -> int:
-    """Baseline: decode every frame, keep the sampled ones (what a naive reader does)."""
+    """Baseline: decode every frame and keep the sampled ones (the frame count from the header)."""
     with av.open(str(path)) as container:
-        decoded = [frame for frame in container.decode(video=0)]
-    total = len(decoded)
-    indices = [round(i * (total - 1) / (n_frames - 1)) for i in range(n_frames)]
-    return len([decoded[i].to_image() for i in indices])
+        total = container.streams.video[0].frames
+        wanted = {round(i * (total - 1) / (n_frames - 1)) for i in range(n_frames)}
+        kept = [frame.to_image() for index, frame in enumerate(container.decode(video=0)) if index in wanted]
+    return len(kept)
 
 
 def reference_vision(model, clip: CLIPVisionModel, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -64,3 +64,12 @@ def test_bad_prompt_is_reported_for_that_item(describer, media):
     assert result.text is None and "2 <image> placeholders" in result.error
     with pytest.raises(TarsierError, match="placeholders"):
         list(describer.stream(request))
+
+
+def test_one_call_describe_matches_the_describer(fast_checkpoint, media, describer):
+    from tarsier import describe
+
+    text = describe(media["video"], model=str(fast_checkpoint), device="cpu", max_n_frames=4, max_new_tokens=6)
+    assert text == next(describer.run([DescribeRequest("v", media["video"])])).text
+    with pytest.raises(TarsierError, match="missing.mp4"):
+        describe(media["missing"], model=str(fast_checkpoint), device="cpu")
