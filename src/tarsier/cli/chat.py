@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tarsier.cli.options import add_generation_options, add_model_options, check_model_options, generation_from_args
+from tarsier.cli.options import (
+    add_generation_options,
+    add_model_options,
+    add_window_options,
+    check_model_options,
+    generation_from_args,
+)
 
 EXAMPLES = """examples:
   tarsier chat clip.mp4
@@ -26,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("path", metavar="PATH", help="video, .gif, image or frame folder")
-    parser.add_argument("--start", type=float, default=None, help="start of the clip to sample, in seconds")
-    parser.add_argument("--end", type=float, default=None, help="end of the clip to sample, in seconds")
+    add_window_options(parser)
     add_model_options(parser)
     add_generation_options(parser)
     parser.set_defaults(run=run)
@@ -35,9 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tarsier.generation import ChatSession
+    from tarsier.media import media_kind
     from tarsier.runtime import load_pretrained
 
     check_model_options(args)
+    media_kind(args.path)  # a bad path fails before the model loads
     settings = generation_from_args(args)
     model, processor = load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames)
     frames = processor.load_media(args.path, None, args.start, args.end)

@@ -7,7 +7,13 @@ import json
 import sys
 
 from tarsier.cli.inputs import expand_paths
-from tarsier.cli.options import add_generation_options, add_model_options, check_model_options, generation_from_args
+from tarsier.cli.options import (
+    add_generation_options,
+    add_model_options,
+    add_window_options,
+    check_model_options,
+    generation_from_args,
+)
 
 EXAMPLES = """examples:
   tarsier describe clip.mp4
@@ -30,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="video (.mp4 .avi .webm .mov .mkv .wmv), .gif, image, or folder")
     parser.add_argument("--prompt", default=None, help='instruction; <video> stands for the frames (default: "<video>\\nDescribe the video in detail.")')
-    parser.add_argument("--start", type=float, default=None, help="start of the clip to sample, in seconds")
-    parser.add_argument("--end", type=float, default=None, help="end of the clip to sample, in seconds")
+    add_window_options(parser)
     parser.add_argument("--frames", action="store_true", help="treat each folder as one video of frame images")
     parser.add_argument("--recursive", action="store_true", help="look for media in sub-folders too")
     parser.add_argument("--batch-size", type=int, default=1, help="inputs generated together (default: 1)")

@@ -19,6 +19,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-frames", type=int, default=8, help="frames sampled per video, first and last included (default: 8)")
 
 
+def add_window_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", type=float, default=None, help="start of the clip to sample, in seconds")
+    parser.add_argument("--end", type=float, default=None, help="end of the clip to sample, in seconds")
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     group.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
