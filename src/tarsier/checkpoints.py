@@ -14,6 +14,9 @@ from tarsier.errors import CheckpointError
 
 DEFAULT_MODEL = "omni-research/Tarsier-7b"
 
+# Models shipped inside the package, usable offline by name.
+BUNDLED_MODELS = {"shapes-demo": Path(__file__).parent / "assets" / "shapes-demo"}
+
 # What a processor reads (missing optional files are fine).
 PROCESSOR_FILES = (
     "config.json",
@@ -29,7 +32,9 @@ MODEL_FILES = PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json", "g
 
 
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str], **hub_kwargs: Any) -> Path:
-    """A local folder as is; otherwise download ``files`` (those that exist) from the hub."""
+    """A bundled model's folder, a local folder as is, or ``files`` (those that exist) from the hub."""
+    if str(name_or_path) in BUNDLED_MODELS:
+        return BUNDLED_MODELS[str(name_or_path)]
     path = Path(name_or_path)
     if path.is_dir():
         return path

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Sub-command modules under tarsier.cli, in the order `tarsier --help` lists them.
-COMMANDS = ["describe", "chat", "caption", "bench", "eval"]
+COMMANDS = ["describe", "chat", "caption", "bench", "eval", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

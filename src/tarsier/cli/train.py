@@ -1,0 +1,98 @@
+"""``tarsier train``: run a stage of the Tarsier recipe, or the synthetic shapes-world demo.
+
+Also runnable as ``python -m tarsier.cli.train ARGS`` so launchers that start a module per
+process (``torchrun -m``) can start it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXAMPLES = """examples:
+  tarsier train --recipe stage1 --print-config > stage1.yaml       # start from a built-in recipe
+  tarsier train --config stage1.yaml --output runs/stage1
+  tarsier train --recipe stage1 --set model.llava=llava-v1.6-vicuna-7b-hf --output runs/stage1
+  tarsier train --recipe stage2 --set model.checkpoint=runs/stage1 --output runs/stage2
+  tarsier train --config stage1.yaml --output runs/stage1 --resume auto   # continue after a stop
+  torchrun --nproc_per_node 8 -m tarsier.cli.train --config stage1.yaml --output runs/stage1
+  tarsier train --recipe shapes-demo --output runs/shapes             # tiny model, CPU, minutes
+
+Data: JSONL, one conversation per line, e.g.
+  {"media": "clips/a.mp4", "task": "caption", "messages": [{"role": "user", "content": "<video>\\nDescribe the video."},
+   {"role": "assistant", "content": "A man opens a door."}]}
+Task files in their own shape (captions, QA, actions, tracking, ...) are read by the source's adapter.
+The final model is written to OUTPUT in the official layout (tarsier describe --model OUTPUT);
+OUTPUT/checkpoint-N/ hold resumable checkpoints, OUTPUT/train_log.jsonl the loss and throughput.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a Tarsier model (stage 1 / stage 2 recipes, or the shapes-world demo)",
+        description="Train one stage of the Tarsier recipe: frozen ViT, projector and LLM trained, on a "
+        "weighted mixture of JSONL sources; one CPU, one GPU, or many GPUs with torchrun/accelerate "
+        "(FSDP by default). Checkpoints are in the official layout and resumable.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="stage config (YAML)")
+    source.add_argument("--recipe", help="built-in recipe: stage1, stage2 or shapes-demo")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-5 (repeatable; values are YAML)")
+    parser.add_argument("--output", "-o", help="folder for the final model, checkpoints and logs")
+    parser.add_argument("--resume", metavar="auto|CHECKPOINT", help="continue from OUTPUT's newest checkpoint (auto) or from CHECKPOINT")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--init-only", action="store_true", help="only assemble the start model (OUTPUT/init) and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tarsier.errors import TarsierError
+
+    if args.recipe == "shapes-demo":
+        return run_shapes_demo(args)
+    from tarsier.train.config import load_config
+
+    config = load_config(args.config, args.recipe, args.overrides)
+    if args.print_config:
+        sys.stdout.write(config.to_yaml())
+        return 0
+    if not args.output:
+        raise TarsierError("--output is required: the folder for the model, checkpoints and logs")
+    from pathlib import Path
+
+    if args.init_only:
+        from tarsier.train.init import start_folder
+
+        print(f"start model: {start_folder(config.model, Path(args.output))}", file=sys.stderr)
+        return 0
+    from tarsier.train.trainer import train
+
+    train(config, args.output, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def run_shapes_demo(args: argparse.Namespace) -> int:
+    from tarsier.errors import TarsierError
+    from tarsier.train import shapes_demo
+
+    if args.init_only or args.resume:
+        raise TarsierError("the shapes-demo recipe always runs end to end (no --init-only / --resume)")
+    if args.print_config:
+        for config in shapes_demo.stage_configs(args.output or "OUTPUT", args.overrides):
+            sys.stdout.write(f"# --- {config.stage} ---\n{config.to_yaml()}")
+        return 0
+    if not args.output:
+        raise TarsierError("--output is required: the folder for the data, both stages and the report")
+    shapes_demo.run_demo(args.output, overrides=args.overrides, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    from tarsier.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

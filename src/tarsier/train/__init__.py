@@ -1,0 +1,10 @@
+"""Training Tarsier models: the two-stage recipe, on one CPU or many GPUs (``tarsier train``).
+
+* :mod:`tarsier.train.data` -- the JSONL format, label masking, Dataset and collator
+* :mod:`tarsier.train.adapters` -- task formats (captions, QA, actions, tracking, ...) -> that format
+* :mod:`tarsier.train.mixture` -- weighted mixtures of sources and the resumable draw order
+* :mod:`tarsier.train.config`, :mod:`tarsier.train.recipes` -- stage configs and built-in recipes
+* :mod:`tarsier.train.init` -- start from a Tarsier checkpoint or LLaVA-style components
+* :mod:`tarsier.train.trainer`, :mod:`tarsier.train.checkpoints` -- the loop and its checkpoints
+* :mod:`tarsier.train.shapes_world` -- a synthetic video world that shows a small model learning
+"""

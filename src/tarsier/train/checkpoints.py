@@ -1,0 +1,146 @@
+"""Writing models in the official layout, and finding, validating and pruning checkpoints.
+
+A training checkpoint ``OUTPUT/checkpoint-000500/`` is a complete model in the official layout
+(``config.json``, sharded safetensors with an index, tokenizer and preprocessor files; loadable by
+``tarsier describe``), plus what resuming needs: ``training_state/`` (accelerate's saved model,
+optimizer, scheduler and per-process RNG states), ``trainer_state.json`` (the step, hence the data
+position) and ``train_config.yaml`` (compared with the config of the resumed run). A checkpoint is
+written under a ``.tmp`` name and renamed when complete, so a crash never leaves one half written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tarsier.errors import TarsierError
+
+MODEL_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+CONFIG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def write_weights(folder: Path, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, max_shard_bytes: int = 4 << 30) -> None:
+    """``model.safetensors``, or numbered shards plus ``model.safetensors.index.json`` when large."""
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor.detach().to("cpu", dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
+               for name, tensor in state_dict.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].numel() * tensors[name].element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensors[name]
+        size += nbytes
+    for stale in folder.glob("model*.safetensors*"):
+        stale.unlink()
+    if len(shards) == 1:
+        save_file(shards[0], str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for number, shard in enumerate(shards, start=1):
+        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def merge_lora(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """Fold LoRA adapters into their base weights (``W + B @ A * alpha / r``) under the base names."""
+    merged = {}
+    for key, value in state_dict.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        prefix, marker, rest = key.partition(".base_layer.")
+        if not marker:
+            merged[key] = value
+            continue
+        if rest == "weight":
+            lora_a = state_dict[f"{prefix}.lora_A.default.weight"].float()
+            lora_b = state_dict[f"{prefix}.lora_B.default.weight"].float()
+            value = (value.float() + lora_b @ lora_a * scaling).to(value.dtype)
+        merged[f"{prefix}.{rest}"] = value
+    return merged
+
+
+def save_model(folder: Path, state_dict: dict[str, torch.Tensor], start_folder: Path, save_dtype: str) -> None:
+    """Weights in the official layout, with config, tokenizer and preprocessor of the start model.
+
+    Training changes weights, never the architecture, so ``config.json`` is the start model's own
+    file (keeping the published shape and its extra keys) with ``torch_dtype`` set to the saved dtype.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = SAVE_DTYPES[save_dtype]
+    write_weights(folder, state_dict, dtype)
+    config = json.loads((start_folder / "config.json").read_text())
+    config["torch_dtype"] = CONFIG_DTYPE_NAMES[dtype]
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in MODEL_FILES:
+        if (start_folder / name).is_file() and (start_folder / name).resolve() != (folder / name).resolve():
+            shutil.copyfile(start_folder / name, folder / name)
+
+
+def link_model_files(source: Path, target: Path) -> None:
+    """Put the model files of checkpoint ``source`` into ``target`` (hard links when possible)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.glob("model*.safetensors*"):
+        stale.unlink()
+    for path in source.iterdir():
+        if path.is_file() and (path.name in MODEL_FILES or path.name.endswith(WEIGHT_SUFFIXES)
+                               or path.name in ("config.json", "train_config.yaml", "trainer_state.json")):
+            destination = target / path.name
+            destination.unlink(missing_ok=True)
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copyfile(path, destination)
+
+
+def checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints in ``output``, oldest first."""
+    if not output.is_dir():
+        return []
+    found = [p for p in output.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and not p.name.endswith(".tmp") and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def prune_checkpoints(output: Path, keep: int) -> None:
+    if keep:
+        for old in checkpoints(output)[:-keep]:
+            shutil.rmtree(old)
+
+
+def resolve_resume(output: Path, resume: str) -> Path | None:
+    """``auto``: the newest checkpoint in ``output`` (None when there is none); else that folder."""
+    if resume == "auto":
+        found = checkpoints(output)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file() or not (path / "training_state").is_dir():
+        raise TarsierError(f"--resume {resume}: not a training checkpoint (no trainer_state.json and training_state/)")
+    return path
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "trainer_state.json").read_text())

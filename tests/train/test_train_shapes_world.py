@@ -1,0 +1,124 @@
+"""The synthetic shapes world: pixels match the ground truth, text parses back, data and demo plumbing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tarsier.processor import TarsierProcessor
+from tarsier.train import shapes_demo, shapes_world
+from tarsier.train.config import DataSettings, SourceSettings
+from tarsier.train.data import TrainingDataset, encode_conversation
+from tarsier.train.mixture import load_mixture
+from tarsier.train.shapes_world import COLOURS, FRAMES, Ball, Clip
+
+ASSETS = Path(shapes_world.__file__).resolve().parents[1] / "assets"
+
+
+def pixel(image, centre):
+    return np.asarray(image)[round(centre[1]), round(centre[0])]
+
+
+def test_frames_show_each_ball_where_and_as_the_truth_says():
+    stripes = ((96, 100),)
+    mover = Ball("red", "right", x=15, y=16, turns="blue", turns_at=8)
+    late = Ball("green", "up", x=56, y=60, appears_at=5)  # clear of the mover at every frame
+    frames = shapes_world.render(Clip((mover, late), "still", stripes))
+    assert len(frames) == FRAMES
+    assert tuple(pixel(frames[0], mover.position(0, "still"))) == COLOURS["red"]
+    assert tuple(pixel(frames[15], mover.position(15, "still"))) == COLOURS["blue"]
+    assert mover.position(15, "still")[0] - mover.position(0, "still")[0] == shapes_world.TRAVEL
+    assert tuple(pixel(frames[4], late.position(4, "still"))) == (100, 100, 100)  # not there yet
+    assert tuple(pixel(frames[5], late.position(5, "still"))) == COLOURS["green"]
+    assert shapes_world.box(late, 4, "still") is None and shapes_world.box(late, 5, "still") is not None
+
+
+def test_a_camera_pan_slides_the_background_and_the_balls_the_other_way():
+    rng = np.random.default_rng(3)
+    stripes = tuple((int(rng.integers(5, 12)), int(rng.integers(80, 140))) for _ in range(20))
+    still = Ball("yellow", "still", x=50, y=16)
+    frames = shapes_world.render(Clip((still,), "right", stripes))
+    first, last = np.asarray(frames[0]), np.asarray(frames[-1])
+    travel = shapes_world.TRAVEL
+    assert np.array_equal(first[40:, travel:], last[40:, :-travel])  # background moved left by TRAVEL
+    assert still.position(15, "right")[0] == still.x - travel
+
+
+def test_random_clips_are_reproducible_unambiguous_and_stay_in_view():
+    one = [shapes_world.random_clip(np.random.default_rng(5)) for _ in range(2)]
+    assert one[0] == one[1]
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        clip = shapes_world.random_clip(rng)
+        colours = [ball.colour for ball in clip.balls]
+        assert colours == sorted(colours, key=list(COLOURS).index) and len(set(colours)) == len(colours)
+        turns = [ball.turns for ball in clip.balls if ball.turns]
+        assert not set(turns) & set(colours) and len(set(turns)) == len(turns)
+        for ball in clip.balls:
+            for frame in (0, FRAMES - 1):
+                x, y = ball.position(frame, clip.camera)
+                assert shapes_world.RADIUS <= x <= 64 - shapes_world.RADIUS and shapes_world.RADIUS <= y <= 64 - shapes_world.RADIUS
+            assert clip.camera == "still" or ball.motion == "still"
+
+
+def test_descriptions_parse_back_and_score_against_the_truth():
+    clip = Clip((Ball("red", "left", 40, 20, appears_at=5, turns="blue", turns_at=9), Ball("green", "still", 20, 50)), "left", ((100, 100),))
+    text = shapes_world.detailed(clip)
+    assert text == "A red ball appears, moves left and turns blue. A green ball stays still. The camera pans left."
+    assert shapes_world.short(clip) == "The camera pans left past a red ball."
+    assert shapes_world.facts(shapes_world.parse(text)) == shapes_world.facts(clip)
+    perfect = shapes_world.score([clip], [text])
+    assert perfect["exact_match"] == perfect["fact_f1"] == perfect["motion_accuracy"] == perfect["camera_accuracy"] == 1.0
+    wrong = shapes_world.score([clip], ["A red ball moves right and turns blue. A green ball stays still. A yellow ball stays still."])
+    assert wrong["exact_match"] == 0 and wrong["colour_accuracy"] == 1.0 and wrong["motion_accuracy"] == 0.5
+    assert wrong["appears_accuracy"] == 0.5 and wrong["turns_accuracy"] == 1.0 and wrong["camera_accuracy"] == 0.0
+    assert wrong["extra_balls"] == 1 and 0 < wrong["fact_f1"] < 1
+    assert shapes_world.score([clip], [""])["fact_f1"] == 0.0
+    assert dict(shapes_world.event_questions(clip))["Does any ball change colour?"] == "Yes, the red ball turns blue."
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    shapes_world.write_training_data(folder / "data", 12, seed=0)
+    shapes_demo.build_start_model(folder / "init", shapes_demo.training_texts(folder / "data"))
+    return folder
+
+
+def test_every_task_file_reads_cleanly_through_its_adapter(demo_data):
+    processor = TarsierProcessor.from_pretrained(demo_data / "init")
+    for file, adapter, _ in shapes_demo.STAGE1_TASKS + shapes_demo.STAGE2_TASKS:
+        mixture = load_mixture(DataSettings(sources=[SourceSettings(path=str(demo_data / "data" / f"{file}.jsonl"), adapter=adapter)],
+                                            max_bad_fraction=0.0))
+        dataset = TrainingDataset(mixture.items, mixture.ranges, processor, [8], max_length=512)
+        example = dataset[0]  # tracking items check that the annotated frames were the ones sampled
+        assert example["failures"] == [] and any(label != -100 for label in example["labels"]), file
+
+
+def test_the_demo_tokenizer_reads_prompts_as_training_showed_them(demo_data):
+    processor = TarsierProcessor.from_pretrained(demo_data / "init")
+    config = json.loads((demo_data / "init" / "config.json").read_text())
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == config["image_token_index"] < config["vocab_size"]
+    assert processor.layout.frame_token_ids == ([config["image_token_index"]] * 4 + [config["image_token_index"] + 1]) * 4 + [config["image_new_idx"]]
+    reply = "A yellow ball appears, moves down and turns red. The camera pans right."
+    messages = [{"role": "user", "content": "<video>\n" + shapes_world.DETAILED_PROMPT}, {"role": "assistant", "content": reply}]
+    ids, labels = encode_conversation(processor, messages, 8)
+    prompt = processor.encode_prompt(processor.format_prompt("<video>\n" + shapes_world.DETAILED_PROMPT, 8), 8)
+    assert ids[: len(prompt)] == prompt  # what `tarsier describe` feeds is exactly the trained prefix
+    assert processor.decode([t for t, label in zip(ids, labels) if label != -100]) == reply
+
+
+def test_the_demo_runs_end_to_end_in_miniature(tmp_path):
+    report = shapes_demo.run_demo(tmp_path / "demo", progress=False, train_clips=12, held_out_clips=2, steps=(2, 2))
+    assert set(report["scores"]) == {"start", "stage1", "stage2"}
+    assert json.loads((tmp_path / "demo" / "report.json").read_text())["training"]["stage2"]["steps"] == 2
+    assert (tmp_path / "demo" / "stage2" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not (ASSETS / "shapes-demo" / "config.json").is_file(), reason="the shipped demo model is not built")
+def test_the_shipped_demo_model_describes_the_bundled_held_out_clips():
+    truth = json.loads((ASSETS / "shapes-demo" / "samples.json").read_text())
+    clips = [(str(ASSETS / "samples" / name), None) for name in truth]
+    descriptions = shapes_world.describe_clips(ASSETS / "shapes-demo", clips)
+    assert descriptions == list(truth.values())
