@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tarsier.config_files import read_yaml_mapping
 from tarsier.errors import TarsierError
 
 
@@ -111,19 +112,8 @@ def load_prompts(path: str | Path | None) -> dict[str, Prompt]:
     prompts = dict(DEFAULT_PROMPTS)
     if path is None:
         return prompts
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TarsierError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise TarsierError(f"{path}{line}: not valid YAML/JSON ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise TarsierError(f"{path}: expected a mapping of prompt names ({', '.join(prompts)}) to prompts")
+    data = read_yaml_mapping(path, f"of prompt names ({', '.join(prompts)}) to prompts")
     for name, value in data.items():
         if name not in prompts:
             raise TarsierError(f"{path}: unknown prompt {name!r}; known: {', '.join(prompts)}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tarsier.config_files import read_yaml_mapping
 from tarsier.errors import TarsierError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -158,19 +159,7 @@ def load_config(path: str | Path | None = None, recipe: str | None = None, overr
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TarsierError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise TarsierError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise TarsierError(f"{path}: expected a mapping with sections model, data, optim, train, distributed")
-    return data
+    return read_yaml_mapping(path, "with sections model, data, optim, train, distributed")
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
