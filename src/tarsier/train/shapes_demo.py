@@ -67,7 +67,7 @@ STAGE1_TASKS = [  # (file, adapter, weight)
 STAGE2_TASKS = [("detailed", "chat", 4.0), ("short", "chat", 1.0), ("open_qa", "open_qa", 1.0), ("perception_qa", "open_qa", 1.0)]
 
 
-def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[int, int] = (300, 300)) -> list[StageConfig]:
+def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[int, int] = (500, 400)) -> list[StageConfig]:
     """The two demo stages; ``overrides`` (``key=value``) apply to both."""
     output = Path(output)
     data = output / "data"
@@ -190,32 +190,43 @@ SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenize
                  "added_tokens.json", "preprocessor_config.json")
 
 
-def export(run: str | Path, assets: str | Path, samples: int = 3) -> dict[str, str]:
-    """Copy a finished demo run's model into ``assets/shapes-demo`` and ``samples`` held-out clips
-    (one with moving balls, one with a camera pan, one with a ball appearing or changing colour)
-    into ``assets/samples/shapes_N.mp4``; returns sample file -> true description."""
+def export(run: str | Path, assets: str | Path, samples: int = 3) -> dict[str, tuple[str, str]]:
+    """Ship a finished demo run as package assets.
+
+    Copies ``RUN/stage2`` (model, tokenizer, its ``train_config.yaml``) and ``RUN/report.json``
+    (as ``evaluation.json``) into ``assets/shapes-demo``, and ``samples`` held-out clips (one with
+    two moving balls, one with a camera pan, one where a ball appears and one changes colour) into
+    ``assets/samples/shapes_N.mp4`` with their truth in ``assets/samples/truth.jsonl``. The model's
+    own descriptions of them go to ``shapes-demo/samples.json``, which the tests compare against,
+    so a change that alters what the shipped model says is noticed. Returns name -> (truth, model).
+    """
     from tarsier.train import shapes_world
 
     run, assets = Path(run), Path(assets)
     model = assets / "shapes-demo"
     model.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED_FILES:
+    for name in SHIPPED_FILES + ("train_config.yaml",):
         shutil.copyfile(run / "stage2" / name, model / name)
+    shutil.copyfile(run / "report.json", model / "evaluation.json")
     wanted = [
         lambda c: c.camera == "still" and len(c.balls) == 2 and all(b.motion != "still" for b in c.balls),
         lambda c: c.camera != "still",
         lambda c: any(b.appears_at is not None for b in c.balls) and any(b.turns for b in c.balls),
     ][:samples]
     held_out = shapes_world.read_clips(run / "held_out")
-    truth = {}
     (assets / "samples").mkdir(parents=True, exist_ok=True)
+    truth: dict[str, str] = {}
+    chosen: set[str] = set()
     for number, test in enumerate(wanted, start=1):
-        path, clip = next((p, c) for p, c in held_out if test(c))
-        name = f"shapes_{number}.mp4"
-        shutil.copyfile(path, assets / "samples" / name)
-        truth[name] = shapes_world.detailed(clip)
-    (model / "samples.json").write_text(json.dumps(truth, indent=2) + "\n")
-    return truth
+        path, clip = next((p, c) for p, c in held_out if test(c) and p not in chosen)
+        chosen.add(path)
+        truth[f"shapes_{number}.mp4"] = shapes_world.detailed(clip)
+        shutil.copyfile(path, assets / "samples" / f"shapes_{number}.mp4")
+    lines = [json.dumps({"path": name, "description": text}) for name, text in truth.items()]
+    (assets / "samples" / "truth.jsonl").write_text("\n".join(lines) + "\n")
+    said = shapes_world.describe_clips(model, [(str(assets / "samples" / name), None) for name in truth])
+    (model / "samples.json").write_text(json.dumps(dict(zip(truth, said)), indent=2) + "\n")
+    return {name: (truth[name], text) for name, text in zip(truth, said)}
 
 
 # -- the whole demo -------------------------------------------------------------------------------
@@ -237,7 +248,7 @@ def run_demo(
     progress: bool = True,
     train_clips: int = 2000,
     held_out_clips: int = 100,
-    steps: tuple[int, int] = (300, 300),
+    steps: tuple[int, int] = (500, 400),
 ) -> dict[str, Any]:
     """Generate, build, train both stages, evaluate; returns (and writes) the report."""
     from tarsier.train import shapes_world
@@ -270,6 +281,7 @@ def run_demo(
     train_descriptions = {json.loads(line)["messages"][1]["content"] for line in (data / "detailed.jsonl").read_text().splitlines()}
     report = {
         "held_out_clips": held_out_clips,
+        "majority_reference": shapes_world.majority_reference([clip for _, clip in held_out]),
         "held_out_descriptions_unseen_in_training": sum(shapes_world.detailed(c) not in train_descriptions for _, c in held_out) / len(held_out),
         "training_clips": train_clips,
         "data_and_init_seconds": round(generated, 1),
@@ -278,7 +290,7 @@ def run_demo(
         "model": str(output / "stage2"),
     }
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    say("\n" + shapes_world.format_report(reports))
+    say("\n" + shapes_world.format_report({"majority": report["majority_reference"], **reports}))
     for example in reports["stage2"]["examples"]:
         say(f"{example['media']}\n  truth: {example['truth']}\n  model: {example['model']}")
     say(f"\nfinal model: {output / 'stage2'} (report: {output / 'report.json'})")
@@ -295,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("run", help="the --output folder of a finished shapes-demo run")
     export_parser.add_argument("assets", help="assets folder, e.g. src/tarsier/assets")
     args = parser.parse_args(argv)
-    for name, description in export(args.run, args.assets).items():
-        print(f"{name}: {description}")
+    for name, (truth, said) in export(args.run, args.assets).items():
+        print(f"{name}\n  truth: {truth}\n  model: {said}")
     return 0
 
 

@@ -303,13 +303,13 @@ def facts(clip_or_parsed: Clip | dict[str, Any]) -> set[tuple[str, ...]]:
 def score(clips: list[Clip], descriptions: list[str]) -> dict[str, Any]:
     """Exact match, fact precision/recall/F1 and per-event accuracy of descriptions against truth.
 
-    Per-event accuracies are over the true balls: colour (the ball is described, by its starting
-    colour), motion, appearing (said iff it happens), colour change (the right new colour, or none
-    when there is none); camera is per clip; ``extra_balls`` counts balls described that are not
-    in the clip.
+    ``colour_accuracy``: share of the true balls the description names by their starting colour.
+    ``motion``/``appears``/``turns_accuracy``: over the balls it names, how often it gets their
+    motion, whether they appear (said iff it happens) and their colour change (or none) right.
+    ``camera_accuracy`` is per clip; ``extra_balls`` counts balls named that are not in the clip.
     """
-    right = {"colour": 0, "motion": 0, "appears": 0, "turns": 0}
-    balls = cameras = exact = extra = true_positive = predicted = actual = 0
+    right = {"motion": 0, "appears": 0, "turns": 0}
+    balls = found = cameras = exact = extra = true_positive = predicted = actual = 0
     for clip, text in zip(clips, descriptions):
         guess = parse(text or "")
         exact += (text or "").strip() == detailed(clip)
@@ -318,7 +318,7 @@ def score(clips: list[Clip], descriptions: list[str]) -> dict[str, Any]:
             balls += 1
             said = guess["balls"].get(ball.colour)
             if said:
-                right["colour"] += 1
+                found += 1
                 right["motion"] += said["motion"] == ball.motion
                 right["appears"] += said["appears"] == (ball.appears_at is not None)
                 right["turns"] += said["turns"] == ball.turns
@@ -335,9 +335,24 @@ def score(clips: list[Clip], descriptions: list[str]) -> dict[str, Any]:
         "fact_precision": precision,
         "fact_recall": recall,
         "fact_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        **{f"{event}_accuracy": count / balls for event, count in right.items()},
+        "colour_accuracy": found / balls,
+        **{f"{event}_accuracy": count / found if found else 0.0 for event, count in right.items()},
         "camera_accuracy": cameras / len(clips),
         "extra_balls": extra,
+    }
+
+
+def majority_reference(clips: list[Clip]) -> dict[str, float]:
+    """What always giving the most common answer scores on each event (a frame-blind reference):
+    the most frequent colour, "stays still", no appearing, no colour change, a still camera."""
+    balls = [ball for clip in clips for ball in clip.balls]
+    colours = [ball.colour for ball in balls]
+    return {
+        "colour_accuracy": max(colours.count(c) for c in COLOURS) / len(balls),
+        "motion_accuracy": sum(ball.motion == "still" for ball in balls) / len(balls),
+        "appears_accuracy": sum(ball.appears_at is None for ball in balls) / len(balls),
+        "turns_accuracy": sum(ball.turns is None for ball in balls) / len(balls),
+        "camera_accuracy": sum(clip.camera == "still" for clip in clips) / len(clips),
     }
 
 
@@ -459,14 +474,15 @@ def evaluate(model_dir: str | Path, clips: list[tuple[str, Clip]]) -> dict[str, 
 
 
 def format_report(reports: dict[str, dict[str, Any]]) -> str:
-    """A side-by-side table of reports (e.g. before / after training)."""
+    """A side-by-side table of reports (e.g. before / after training); missing values show as -."""
     keys = ["exact_match", "fact_f1", "fact_precision", "fact_recall", "colour_accuracy", "motion_accuracy",
             "appears_accuracy", "turns_accuracy", "camera_accuracy", "qa_accuracy", "extra_balls"]
     names = list(reports)
     lines = [f"{'metric':<18}" + "".join(f"{name:>12}" for name in names)]
     for key in keys:
-        cells = [reports[name][key] for name in names]
-        lines.append(f"{key:<18}" + "".join(f"{c:>12d}" if isinstance(c, int) else f"{c:>12.3f}" for c in cells))
+        cells = [reports[name].get(key) for name in names]
+        lines.append(f"{key:<18}" + "".join(
+            f"{'-':>12}" if c is None else f"{c:>12d}" if isinstance(c, int) else f"{c:>12.3f}" for c in cells))
     return "\n".join(lines)
 
 
@@ -493,7 +509,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     clips = write_clips(Path(args.work), args.clips, args.seed, prefix="held_out")
     clips = [(str(Path(args.work) / name), clip) for name, clip in clips]
     report = evaluate(args.model, clips)
-    print(format_report({Path(args.model).name or "model": report}))
+    print(format_report({"majority": majority_reference([clip for _, clip in clips]), Path(args.model).name or "model": report}))
     for example in report["examples"]:
         print(f"\n{example['media']}\n  truth: {example['truth']}\n  model: {example['model']}")
     return 0
