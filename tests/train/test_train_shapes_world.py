@@ -5,7 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from tarsier.model import TarsierConfig, TarsierForConditionalGeneration
 from tarsier.processor import TarsierProcessor
 from tarsier.train import shapes_demo, shapes_world
 from tarsier.train.config import DataSettings, SourceSettings
@@ -45,6 +47,54 @@ def test_a_camera_pan_slides_the_background_and_the_balls_the_other_way():
     assert still.position(15, "right")[0] == still.x - travel
 
 
+def test_motion_blur_trails_behind_what_moves_in_the_picture_and_a_pan_smears_the_background():
+    stripes = ((40, 30), (60, 70))  # one sharp stripe edge at x=40
+    mover, sitter = Ball("red", "right", x=20, y=16), Ball("blue", "still", x=16, y=48)
+    frame = np.asarray(shapes_world.render(Clip((mover, sitter), "still", stripes))[8]).astype(int)
+    x, y = (round(v) for v in mover.position(8, "still"))
+    behind, ahead = frame[y, x - shapes_world.RADIUS - 3], frame[y, x + shapes_world.RADIUS + 3]
+    assert behind[0] - behind[2] > 40 and ahead[0] == ahead[2]  # a red tint on the left only
+    x, y = (round(v) for v in sitter.position(8, "still"))
+    assert (frame[y, x - shapes_world.RADIUS - 2] == frame[y, x + shapes_world.RADIUS + 2]).all()  # no trail
+    assert (frame[y, x - shapes_world.RADIUS - 2] == 30).all()
+    assert np.abs(np.diff(frame[40:, :, 0], axis=1)).max() == 40  # still camera: the stripe edge is sharp
+
+    panned = np.asarray(shapes_world.render(Clip((sitter,), "left", stripes))[8]).astype(int)
+    assert np.abs(np.diff(panned[:30, :, 0], axis=1)).max() < 10  # smeared over PAN_BLUR pixels
+    x, y = (round(v) for v in sitter.position(8, "left"))
+    assert panned[y, x - shapes_world.RADIUS - 3, 2] > panned[y, x - shapes_world.RADIUS - 3, 0] + 20  # the ball moves right in the picture: trail on its left
+
+
+def test_patch_truth_names_each_cell_by_the_ball_and_trail_covering_it():
+    mover = Ball("red", "right", x=56 - shapes_world.TRAVEL, y=40)
+    clip = Clip((mover, Ball("green", "still", x=8, y=56)), "still", ((200, 100),))
+    frame = 15
+    x, y = mover.position(frame, "still")
+    assert (x, y) == (56, 40)
+    colours, motions = shapes_world.patch_truth(clip, frame, 4)
+    cells = lambda values: values.reshape(4, 4)  # noqa: E731
+    red, green = 1 + list(COLOURS).index("red"), 1 + list(COLOURS).index("green")
+    right, still = shapes_world.MOTIONS.index("right"), shapes_world.MOTIONS.index("still")
+    # the red body (48..64, 32..48) fills cell row 2, column 3; its trail reaches into column 2
+    assert cells(colours)[2, 3] == red and cells(motions)[2, 3] == right
+    assert cells(colours)[2, 2] == 0 and cells(motions)[2, 2] == right  # trail only: moving, no ball
+    assert cells(colours)[3, 0] == green and cells(motions)[3, 0] == still
+    assert cells(colours)[0].tolist() == [0, 0, 0, 0] and cells(motions)[0].tolist() == [still] * 4
+    panned = Clip((Ball("blue", "still", x=30, y=30),), "right", ((200, 100),))
+    assert shapes_world.picture_motion(panned.balls[0], "right") == "left"
+    assert right not in shapes_world.patch_truth(panned, 8, 4)[1]
+
+
+def test_vision_pretraining_teaches_the_patches_their_colours():
+    torch.manual_seed(0)
+    model = TarsierForConditionalGeneration(TarsierConfig(**json.loads((ASSETS / "shapes-demo" / "config.json").read_text())))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = shapes_demo.pretrain_vision(model, steps=120, pool_clips=60)
+    assert scores["colour_accuracy_on_ball_patches"] > 0.5 and scores["background_accuracy"] > 0.8, scores
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("vision_tower.") for k in changed)  # projector and LLM untouched
+
+
 def test_random_clips_are_reproducible_unambiguous_and_stay_in_view():
     one = [shapes_world.random_clip(np.random.default_rng(5)) for _ in range(2)]
     assert one[0] == one[1]
@@ -82,7 +132,7 @@ def test_descriptions_parse_back_and_score_against_the_truth():
 def demo_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shapes")
     shapes_world.write_training_data(folder / "data", 12, seed=0)
-    shapes_demo.build_start_model(folder / "init", shapes_demo.training_texts(folder / "data"))
+    shapes_demo.build_start_model(folder / "init", shapes_demo.training_texts(folder / "data"), vision_steps=2)
     return folder
 
 
@@ -110,7 +160,8 @@ def test_the_demo_tokenizer_reads_prompts_as_training_showed_them(demo_data):
 
 
 def test_the_demo_runs_end_to_end_in_miniature(tmp_path):
-    report = shapes_demo.run_demo(tmp_path / "demo", progress=False, train_clips=12, held_out_clips=2, steps=(2, 2))
+    report = shapes_demo.run_demo(tmp_path / "demo", progress=False, train_clips=12, held_out_clips=2, steps=(2, 2),
+                                  vision_steps=2)
     assert set(report["scores"]) == {"start", "stage1", "stage2"}
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["training"]["stage2"]["steps"] == 2
     assert (tmp_path / "demo" / "stage2" / "model.safetensors").is_file()

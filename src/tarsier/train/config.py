@@ -100,8 +100,8 @@ class RunSettings:
 
 @dataclass
 class DistributedSettings:
-    strategy: str = "fsdp"  # fsdp (sharded, GPUs) | ddp (replicated); one process always runs plainly
-    fsdp_cpu_offload: bool = False
+    strategy: str = "fsdp"  # fsdp (sharded) | ddp (replicated); one process always runs plainly
+    fsdp_cpu_offload: bool = False  # GPUs only
 
 
 @dataclass

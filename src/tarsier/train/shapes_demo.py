@@ -5,22 +5,29 @@
 1. generate training clips and per-task JSONL files (:mod:`tarsier.train.shapes_world`), and
    held-out clips from another random stream;
 2. build the start model ``DIR/init``: a BPE tokenizer trained on the world's text (a few hundred
-   tokens, ``<image>`` added, Llama-style special tokens) and a random ~1M-parameter Tarsier (32 px
-   frames, 8 px patches: 21 positions per frame) in the official layout;
+   tokens, ``<image>`` added, Llama-style special tokens) and a ~1M-parameter Tarsier (32 px
+   frames, 8 px patches: 21 positions per frame) in the official layout, whose vision tower is
+   first pre-trained on single frames (stage 0, :func:`pretrain_vision`) and whose projector and
+   LLM start random;
 3. stage 1 (multi-task: perception and event questions, short captions, multiple choice, action
    labels, still-pair comparisons, tracking, text-only) then stage 2 (detailed and short
    descriptions, questions), through the same trainer and data path as the real recipes;
 4. score the start model and both stages on the held-out clips and write ``DIR/report.json``.
 
-The ViT stays frozen at its random initialisation, as in the real recipe: a random patch
-embedding still separates colours and the patch order carries position, which is all this world
-needs, so the projector and LLM learn everything. :func:`export` copies a finished run's model and
-a few held-out clips into the package assets (``tarsier/assets/shapes-demo``).
+Stage 0 stands in for the pretrained CLIP the real recipe starts from: each patch token of the
+tiny ViT learns the colour of the ball on it, which way its motion blur points and whether the
+background is smeared, from generated frames only. Then the ViT is frozen, as in the real recipe,
+and stages 1 and 2 train the projector and the LLM. With a random ViT instead (frozen or trained
+with the rest) motion and camera stayed at the most-common-answer level.
+
+:func:`export` copies a finished run's model and a few held-out clips into the package assets
+(``tarsier/assets/shapes-demo``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import string
 import sys
@@ -67,7 +74,7 @@ STAGE1_TASKS = [  # (file, adapter, weight)
 STAGE2_TASKS = [("detailed", "chat", 4.0), ("short", "chat", 1.0), ("open_qa", "open_qa", 1.0), ("perception_qa", "open_qa", 1.0)]
 
 
-def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[int, int] = (500, 400)) -> list[StageConfig]:
+def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[int, int] = (700, 700)) -> list[StageConfig]:
     """The two demo stages; ``overrides`` (``key=value``) apply to both."""
     output = Path(output)
     data = output / "data"
@@ -141,8 +148,9 @@ def write_tokenizer(folder: Path, texts: list[str]) -> int:
     return image_id
 
 
-def build_start_model(folder: Path, texts: list[str], seed: int = 0) -> Path:
-    """A random Tarsier with the demo tokenizer, in the official layout."""
+def build_start_model(folder: Path, texts: list[str], seed: int = 0, vision_steps: int = 1500) -> Path:
+    """The start model in the official layout: the demo tokenizer, a vision tower pre-trained on
+    single frames (:func:`pretrain_vision`), a random projector and LLM."""
     from tarsier.model import TarsierConfig, TarsierForConditionalGeneration
     from tarsier.processor import ImageSettings
     from tarsier.train.checkpoints import write_weights
@@ -177,11 +185,78 @@ def build_start_model(folder: Path, texts: list[str], seed: int = 0) -> Path:
     }
     torch.manual_seed(seed)
     model = TarsierForConditionalGeneration(TarsierConfig(**config))
+    scores = pretrain_vision(model, seed, steps=vision_steps)
+    (folder / "vision_pretraining.json").write_text(json.dumps(scores, indent=2) + "\n")
     write_weights(folder, model.state_dict(), torch.float32)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     settings = ImageSettings(size=arch["image_size"], crop_size=arch["image_size"])
     (folder / "preprocessor_config.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
     return folder
+
+
+def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 64, pool_clips: int = 600) -> dict[str, float]:
+    """Stage 0, the stand-in for CLIP pre-training: teach the tiny ViT what single frames show.
+
+    The real recipe starts from a pretrained CLIP, whose patch features already say what is where
+    and what is blurred; a random ViT does not, and a ~1M-parameter LLM cannot make up for it in
+    minutes (motion and camera stayed at the most-common-answer level with a random ViT, frozen or
+    trained). So each patch token learns, through linear heads dropped afterwards, the colour of
+    the ball covering it, which way that ball moves in the picture (its motion-blur trail), and
+    whether the background is smeared by a pan. Frames come from their own random stream, never
+    from the training or held-out clips. Returns held-out per-patch accuracies.
+    """
+    import numpy as np
+
+    from tarsier.processor import ImageSettings, clip_pixels
+    from tarsier.train import shapes_world as world
+
+    vision = model.vision_tower.vision_model
+    config = model.config.vision_config
+    grid = config.image_size // config.patch_size
+    settings = ImageSettings(size=config.image_size, crop_size=config.image_size)
+    rng = np.random.default_rng(seed + 7_000_001)
+    pixels, colours, motions, smeared = [], [], [], []
+    for _ in range(pool_clips):
+        clip = world.random_clip(rng)
+        frames = world.render(clip)
+        for frame in rng.choice(world.FRAMES, 4, replace=False):
+            pixels.append(clip_pixels(frames[frame], settings))
+            colour, motion = world.patch_truth(clip, int(frame), grid)
+            colours.append(colour)
+            motions.append(motion)
+            smeared.append(np.full(grid * grid, int(clip.camera != "still")))
+    pixels, colours, motions, smeared = (torch.from_numpy(np.stack(x)) for x in (pixels, colours, motions, smeared))
+    held_out = len(pixels) // 10
+    sizes = (len(world.COLOURS) + 1, len(world.MOTIONS), 2)
+    heads = torch.nn.Linear(config.hidden_size, sum(sizes))
+    parameters = list(vision.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=3e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+    def logits(index: torch.Tensor) -> list[torch.Tensor]:
+        tokens = vision(pixels[index], len(vision.encoder.layers))[:, 1:]
+        return list(heads(tokens).split(sizes, dim=-1))
+
+    targets = (colours, motions, smeared)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        index = torch.randint(held_out, len(pixels), (batch_size,), generator=generator)
+        loss = sum(torch.nn.functional.cross_entropy(out.flatten(0, 1), target[index].flatten())
+                   for out, target in zip(logits(index), targets))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        colour, motion, smear = (out.argmax(-1) for out in logits(torch.arange(held_out)))
+    balls, moving = colours[:held_out] > 0, motions[:held_out] != world.MOTIONS.index("still")
+    return {
+        "frames": len(pixels), "steps": steps,
+        "colour_accuracy_on_ball_patches": float((colour == colours[:held_out])[balls].float().mean()),
+        "motion_accuracy_on_moving_patches": float((motion == motions[:held_out])[moving].float().mean()),
+        "background_accuracy": float((colour == 0)[~balls].float().mean()),
+        "smear_accuracy": float((smear == smeared[:held_out]).float().mean()),
+    }
 
 
 # -- shipping -------------------------------------------------------------------------------------
@@ -248,7 +323,8 @@ def run_demo(
     progress: bool = True,
     train_clips: int = 2000,
     held_out_clips: int = 100,
-    steps: tuple[int, int] = (500, 400),
+    steps: tuple[int, int] = (700, 700),
+    vision_steps: int = 1500,
 ) -> dict[str, Any]:
     """Generate, build, train both stages, evaluate; returns (and writes) the report."""
     from tarsier.train import shapes_world
@@ -264,7 +340,8 @@ def run_demo(
     held_out_folder = output / "held_out"
     held_out = [(str(held_out_folder / name), clip) for name, clip in
                 shapes_world.write_clips(held_out_folder, held_out_clips, shapes_world.HELD_OUT_SEED, prefix="held_out")]
-    build_start_model(output / "init", training_texts(data))
+    say("pre-training the vision tower on single frames (stage 0)")
+    build_start_model(output / "init", training_texts(data), vision_steps=vision_steps)
     generated = time.perf_counter() - started
 
     reports: dict[str, dict[str, Any]] = {}
@@ -285,6 +362,7 @@ def run_demo(
         "held_out_descriptions_unseen_in_training": sum(shapes_world.detailed(c) not in train_descriptions for _, c in held_out) / len(held_out),
         "training_clips": train_clips,
         "data_and_init_seconds": round(generated, 1),
+        "vision_pretraining": json.loads((output / "init" / "vision_pretraining.json").read_text()),
         "training": timings,
         "scores": reports,
         "model": str(output / "stage2"),

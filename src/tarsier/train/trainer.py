@@ -5,10 +5,10 @@ only on the last), clip the gradient norm, AdamW step, scheduler step. The ViT i
 gradients, eval mode) unless a config says otherwise; the projector and the LLM (or LoRA adapters
 on it) train. On GPUs the forward runs under bf16 autocast with fp32 master weights.
 
-Processes: ``torchrun``/``accelerate launch`` start one per device; with ``distributed.strategy:
-fsdp`` (the default of the recipes) parameters, gradients and optimizer state are sharded with
-FSDP2 (wrapping each Llama decoder and CLIP encoder layer), else each process holds a replica
-(DDP). On CPUs (and for one process) there is nothing to shard and gloo DDP is used.
+Processes: ``torchrun``/``accelerate launch`` start one per device (or several on a CPU); with
+``distributed.strategy: fsdp`` (the default of the recipes) parameters, gradients and optimizer
+state are sharded with FSDP2 (wrapping each Llama decoder and CLIP encoder layer), else each
+process holds a replica (DDP). Both run over NCCL on GPUs and gloo on CPUs; one process is plain.
 
 Determinism: the samples of step ``k`` are a function of the seed and ``k`` alone (see
 :mod:`tarsier.train.mixture`), and checkpoints hold the optimizer, scheduler and RNG states, so a
@@ -165,13 +165,19 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
 
 
 def make_accelerator(config: StageConfig, text_only_items: bool = False):
-    """An Accelerator for this launch: FSDP2 on several GPUs when asked, else DDP (gloo on CPU).
+    """An Accelerator for this launch: FSDP2 over several processes when asked, else DDP.
 
     Text-only batches leave the projector (and a trained ViT) without gradients, which DDP must
     be told about (``find_unused_parameters``) when the mixture has text-only items.
+
+    accelerate takes an FSDP plugin only on accelerators: for CPU processes it keeps gloo DDP
+    (``MULTI_CPU``) and drops the plugin. FSDP2 itself runs on gloo, so there the FSDP mode is set
+    after the fact, as accelerate sets it for GPUs (in both of its shared states: ``AcceleratorState``
+    copies ``PartialState``'s mode whenever it is constructed again).
     """
     from accelerate import Accelerator, FullyShardedDataParallelPlugin
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     cuda = torch.cuda.is_available()
     precision = config.train.mixed_precision
@@ -179,18 +185,24 @@ def make_accelerator(config: StageConfig, text_only_items: bool = False):
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plugin = None
-    if config.distributed.strategy == "fsdp" and cuda and world > 1:
+    if config.distributed.strategy == "fsdp" and world > 1:
         plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2,
             auto_wrap_policy="transformer_based_wrap",
             transformer_cls_names_to_wrap=["LlamaDecoderLayer", "CLIPEncoderLayer"],
             reshard_after_forward=True,
             state_dict_type="SHARDED_STATE_DICT",
-            cpu_offload=config.distributed.fsdp_cpu_offload,
+            cpu_offload=config.distributed.fsdp_cpu_offload and cuda,  # on CPUs it has nowhere to go (and pins memory)
             cpu_ram_efficient_loading=False,
         )
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=text_only_items)]
-    return Accelerator(cpu=not cuda, mixed_precision=precision, fsdp_plugin=plugin, kwargs_handlers=handlers)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision, fsdp_plugin=plugin, kwargs_handlers=handlers)
+    if plugin is not None and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        PartialState._shared_state["distributed_type"] = accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
 
 
 def load_start_model(folder: Path, config: StageConfig):
