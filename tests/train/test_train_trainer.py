@@ -63,6 +63,12 @@ def test_resuming_with_a_different_config_is_refused_with_the_difference(fast_ch
     with pytest.raises(TarsierError, match="already holds checkpoints; pass --resume auto"):
         train(make_config(fast_checkpoint, mixture_files, "train.max_steps=2"), tmp_path / "run", progress=False)
     assert [p.name for p in sorted((tmp_path / "run").glob("checkpoint-*"))] == ["checkpoint-000001", "checkpoint-000002"]
+    state_file = tmp_path / "run" / "checkpoint-000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["distributed"] == "NO"
+    state_file.write_text(json.dumps({**state, "distributed": "FSDP"}))  # as if sharded by FSDP processes
+    with pytest.raises(TarsierError, match=r"written by a FSDP run and this run is NO, so its training state is in the other layout"):
+        train(make_config(fast_checkpoint, mixture_files, "train.max_steps=2"), tmp_path / "run", resume="auto", progress=False)
 
 
 def test_the_saved_model_loads_and_describes(fast_checkpoint, mixture_files, clip_folder, tmp_path, capsys):

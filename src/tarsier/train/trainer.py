@@ -60,7 +60,7 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
     accelerator = make_accelerator(config, text_only_items=mixture.has_text_only)
     main = accelerator.is_main_process
     say = _printer(main)
-    checkpoint = _checkpoint_to_resume(output, resume, config, accelerator.num_processes)
+    checkpoint = _checkpoint_to_resume(output, resume, config, accelerator.num_processes, accelerator.distributed_type.value)
     set_seed(config.train.seed)
     for line in mixture.summary():
         say(f"data: {line}")
@@ -147,7 +147,7 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
             if done or (config.train.save_every and (step + 1) % config.train.save_every == 0):
                 seconds = previous_seconds + time.perf_counter() - started
                 trainer_state = {"step": step + 1, "bad_items": bad, "attempted": attempted, "seconds": seconds,
-                                 "processes": accelerator.num_processes, "samples": (step + 1) * config.global_batch * accelerator.num_processes}
+                                 "processes": accelerator.num_processes, "distributed": accelerator.distributed_type.value, "samples": (step + 1) * config.global_batch * accelerator.num_processes}
                 say(f"saved {save_checkpoint(accelerator, model, folder, output, config, trainer_state)}")
     finally:
         if bar is not None:
@@ -275,7 +275,7 @@ class LearningRate:
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
-def _checkpoint_to_resume(output: Path, resume: str | None, config: StageConfig, processes: int) -> Path | None:
+def _checkpoint_to_resume(output: Path, resume: str | None, config: StageConfig, processes: int, mode: str) -> Path | None:
     """The checkpoint to continue from, after checking it was made with the same settings."""
     if resume is None:
         if checkpoints.checkpoints(output):
@@ -290,11 +290,19 @@ def _checkpoint_to_resume(output: Path, resume: str | None, config: StageConfig,
     differences = config_differences(saved, config.to_dict())
     if differences:
         raise TarsierError(f"cannot resume from {checkpoint}: the config differs from the one it was trained with: {'; '.join(differences)}")
-    written_by = checkpoints.read_trainer_state(checkpoint).get("processes", 1)
+    state = checkpoints.read_trainer_state(checkpoint)
+    written_by = state.get("processes", 1)
     if written_by != processes:
         raise TarsierError(
             f"cannot resume from {checkpoint}: it was written by {written_by} process(es), this run has {processes}; "
             "the global batch (and so the training) would differ"
+        )
+    # FSDP writes its training state as sharded distributed checkpoints; every other mode as whole files.
+    saved_mode = state.get("distributed", mode)
+    if (saved_mode == "FSDP") != (mode == "FSDP"):
+        raise TarsierError(
+            f"cannot resume from {checkpoint}: it was written by a {saved_mode} run and this run is {mode}, "
+            "so its training state is in the other layout"
         )
     return checkpoint
 
