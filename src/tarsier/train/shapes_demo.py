@@ -234,7 +234,7 @@ def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 6
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
 
     def logits(index: torch.Tensor) -> list[torch.Tensor]:
-        tokens = vision(pixels[index], len(vision.encoder.layers))[:, 1:]
+        tokens = vision(pixels[index], model.vision_layers_used)[:, 1:]  # the features the LLM will see
         return list(heads(tokens).split(sizes, dim=-1))
 
     targets = (colours, motions, smeared)
