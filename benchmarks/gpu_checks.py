@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tarsier.generation import GenerationSettings, generate_ids
-from tarsier.inference import DescribeRequest, Describer
+from tarsier.inference import Describer, DescribeRequest
 from tarsier.media import write_video
 from tarsier.processor import TarsierProcessor
 from tarsier.runtime import load_model

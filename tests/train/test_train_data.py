@@ -2,6 +2,7 @@
 
 import collections
 import itertools
+import tracemalloc
 
 import pytest
 
@@ -10,8 +11,8 @@ from tarsier import TarsierError
 from tarsier.processor import TarsierProcessor
 from tarsier.train.adapters import ADAPTERS, MC_INSTRUCTION
 from tarsier.train.config import DataSettings, SourceSettings
-from tarsier.train.data import IGNORE_INDEX, Collator, TrainingDataset, encode_conversation, parse_item
-from tarsier.train.mixture import MixtureSchedule, RankBatchSampler, load_mixture
+from tarsier.train.data import IGNORE_INDEX, Collator, TrainingDataset, TrainingItem, encode_conversation, parse_item
+from tarsier.train.mixture import MixtureSchedule, PackedItems, RankBatchSampler, load_mixture
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,22 @@ def test_processes_split_each_micro_step_of_the_single_process_order():
     assert later == alone[4:]
     counts = collections.Counter(i for batch in alone for i in batch)
     assert max(counts.values()) == 1
+
+
+def test_packed_items_give_back_what_was_stored_in_a_third_of_the_memory():
+    def item(i):
+        reply = f"A person {i} walks into a kitchen, opens the fridge and pours a glass of milk."
+        return TrainingItem(messages=[{"role": "user", "content": "<video>\nDescribe the video."}, {"role": "assistant", "content": reply}],
+                            media=f"/data/videos/clip_{i:08d}.mp4", where=f"captions.jsonl:{i}", task="caption", n_frames=i % 3 or None)
+
+    tracemalloc.start()
+    objects = [item(i) for i in range(5000)]
+    object_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    packed = PackedItems(objects).freeze()
+    assert len(packed) == 5000 and packed[0] == objects[0] and packed[-1] == objects[-1] and list(packed) == objects
+    assert packed.nbytes < object_bytes / 2.5, (packed.nbytes, object_bytes)
+    with pytest.raises(IndexError):
+        packed[5000]
+    joined = PackedItems.concatenate([packed, PackedItems(objects[7:9]).freeze()])
+    assert len(joined) == 5002 and joined[4999] == objects[4999] and joined[5000] == objects[7] and joined[5001] == objects[8]

@@ -28,6 +28,7 @@ step.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class TrainingDataset(Dataset):
 
     def __init__(
         self,
-        items: list[TrainingItem],
+        items: Sequence[TrainingItem],
         source_ranges: list[tuple[int, int]],
         processor: TarsierProcessor,
         default_frames: list[int],

@@ -12,8 +12,11 @@ exactly the samples an uninterrupted run would have used next.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
-from collections.abc import Iterator
+import pickle
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +29,58 @@ from tarsier.train.adapters import ADAPTERS
 from tarsier.train.config import DataSettings, SourceSettings
 from tarsier.train.data import TrainingItem, parse_item
 
+ITEM_FIELDS = [spec.name for spec in dataclasses.fields(TrainingItem)]
 # Schedule positions generated per random draw; any value gives the same schedule for a seed.
 BLOCK = 4096
+
+
+class PackedItems(Sequence[TrainingItem]):
+    """Training items kept pickled in one byte buffer, unpickled on access.
+
+    A stage-1 mixture has millions of lines. As Python objects they cost kilobytes each in every
+    process, and forked DataLoader workers slowly copy them all: merely reading an object writes
+    its reference count, which un-shares its memory page. One buffer plus an offset array is a
+    few hundred bytes per item and is never written after loading.
+    """
+
+    def __init__(self, items: Iterable[TrainingItem] = ()):
+        self._buffer = bytearray()
+        self._ends: list[int] | np.ndarray = []
+        for item in items:
+            self.append(item)
+
+    def append(self, item: TrainingItem) -> None:
+        fields = tuple(getattr(item, name) for name in ITEM_FIELDS)  # values only: no class path or names
+        self._buffer += pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL)
+        self._ends.append(len(self._buffer))
+
+    def freeze(self) -> PackedItems:
+        """Done appending: keep the offsets as one array (lists hold an object per number)."""
+        self._ends = np.asarray(self._ends, dtype=np.int64)
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._buffer) + 8 * len(self._ends)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> TrainingItem:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        start = int(self._ends[index - 1]) if index else 0
+        return TrainingItem(*pickle.loads(self._buffer[start : int(self._ends[index])]))
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[PackedItems]) -> PackedItems:
+        joined = cls()
+        joined._buffer = bytearray().join(part._buffer for part in parts)
+        shifts = itertools.accumulate((len(part._buffer) for part in parts), initial=0)
+        joined._ends = np.concatenate([np.asarray(part._ends, dtype=np.int64) + shift for part, shift in zip(parts, shifts)]
+                                      or [np.zeros(0, dtype=np.int64)])
+        return joined
 
 
 @dataclass
@@ -35,18 +88,20 @@ class LoadedSource:
     name: str
     weight: float
     n_frames: int
-    items: list[TrainingItem]
+    items: PackedItems
     lines: int  # non-blank lines read
     bad: list[str] = field(default_factory=list)  # "file:line: reason" for each dropped line
+    text_only: bool = False  # has items without media
 
 
 @dataclass
 class Mixture:
     sources: list[LoadedSource]
 
-    @property
-    def items(self) -> list[TrainingItem]:
-        return [item for source in self.sources for item in source.items]
+    @functools.cached_property
+    def items(self) -> PackedItems:
+        """Every source's items, one after the other (see :attr:`ranges`)."""
+        return PackedItems.concatenate([source.items for source in self.sources])
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
@@ -55,7 +110,7 @@ class Mixture:
 
     @property
     def has_text_only(self) -> bool:
-        return any(item.media is None for source in self.sources for item in source.items)
+        return any(source.text_only for source in self.sources)
 
     def summary(self) -> list[str]:
         total = sum(s.weight for s in self.sources)
@@ -72,7 +127,7 @@ def load_source(settings: SourceSettings, default_frames: int) -> LoadedSource:
     media_root = Path(settings.media_root) if settings.media_root else path.parent
     adapter = ADAPTERS[settings.adapter]
     n_frames = settings.n_frames or default_frames
-    source = LoadedSource(settings.name or path.stem, settings.weight, n_frames, [], 0)
+    source = LoadedSource(settings.name or path.stem, settings.weight, n_frames, PackedItems(), 0)
     for number, record in iter_jsonl(path):
         where = f"{path}:{number}"
         source.lines += 1
@@ -86,6 +141,8 @@ def load_source(settings: SourceSettings, default_frames: int) -> LoadedSource:
             source.bad.append(f"{where}: media {missing} not found")
             continue
         source.items.append(item)
+        source.text_only |= item.media is None
+    source.items.freeze()
     if not source.items:
         first = f"; first problem: {source.bad[0]}" if source.bad else ""
         raise TarsierError(f"{path}: no usable lines ({source.lines} read){first}")
