@@ -5,14 +5,26 @@ import itertools
 import tracemalloc
 
 import pytest
-
 from conftest import chat, write_jsonl
+
 from tarsier import TarsierError
 from tarsier.processor import TarsierProcessor
 from tarsier.train.adapters import ADAPTERS, MC_INSTRUCTION
 from tarsier.train.config import DataSettings, SourceSettings
-from tarsier.train.data import IGNORE_INDEX, Collator, TrainingDataset, TrainingItem, encode_conversation, parse_item
-from tarsier.train.mixture import MixtureSchedule, PackedItems, RankBatchSampler, load_mixture
+from tarsier.train.data import (
+    IGNORE_INDEX,
+    Collator,
+    TrainingDataset,
+    TrainingItem,
+    encode_conversation,
+    parse_item,
+)
+from tarsier.train.mixture import (
+    MixtureSchedule,
+    PackedItems,
+    RankBatchSampler,
+    load_mixture,
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +138,7 @@ def test_missing_media_is_skipped_and_counted_and_too_much_aborts(tmp_path, clip
     path = write_jsonl(tmp_path / "data.jsonl", good + [chat("gone.mp4", "Q", "A")])
     mixture = load_mixture(DataSettings(sources=[SourceSettings(path=str(path))], max_bad_fraction=0.2))
     (source,) = mixture.sources
-    assert len(source.items) == 9 and source.lines == 10
+    assert source.size == len(mixture.items) == 9 and source.lines == 10
     assert source.bad == [f"{path}:10: media {tmp_path / 'gone.mp4'} not found"]
     with pytest.raises(TarsierError, match=r"1 of 10 data lines are unusable \(10.0%\), more than data.max_bad_fraction=0.05; first: .*gone.mp4 not found"):
         load_mixture(DataSettings(sources=[SourceSettings(path=str(path))], max_bad_fraction=0.05))
@@ -198,5 +210,10 @@ def test_packed_items_give_back_what_was_stored_in_a_third_of_the_memory():
     assert packed.nbytes < object_bytes / 2.5, (packed.nbytes, object_bytes)
     with pytest.raises(IndexError):
         packed[5000]
-    joined = PackedItems.concatenate([packed, PackedItems(objects[7:9]).freeze()])
-    assert len(joined) == 5002 and joined[4999] == objects[4999] and joined[5000] == objects[7] and joined[5001] == objects[8]
+
+
+def test_a_mixture_stores_its_sources_items_one_after_the_other(mixture_files, clip_folder):
+    mixture = load_mixture(DataSettings(sources=[SourceSettings(**source) for source in mixture_files]))
+    assert [source.size for source in mixture.sources] == [4, 2] and mixture.ranges == [(0, 4), (4, 6)]
+    assert [item.media for item in mixture.items] == [str(clip_folder / f"{c}.mp4") for c in ("red", "green", "blue", "yellow", "red", "blue")]
+    assert mixture.items[4].task == "caption" and not mixture.has_text_only

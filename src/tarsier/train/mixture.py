@@ -13,7 +13,6 @@ exactly the samples an uninterrupted run would have used next.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
@@ -73,22 +72,13 @@ class PackedItems(Sequence[TrainingItem]):
         start = int(self._ends[index - 1]) if index else 0
         return TrainingItem(*pickle.loads(self._buffer[start : int(self._ends[index])]))
 
-    @classmethod
-    def concatenate(cls, parts: Sequence[PackedItems]) -> PackedItems:
-        joined = cls()
-        joined._buffer = bytearray().join(part._buffer for part in parts)
-        shifts = itertools.accumulate((len(part._buffer) for part in parts), initial=0)
-        joined._ends = np.concatenate([np.asarray(part._ends, dtype=np.int64) + shift for part, shift in zip(parts, shifts)]
-                                      or [np.zeros(0, dtype=np.int64)])
-        return joined
-
 
 @dataclass
 class LoadedSource:
     name: str
     weight: float
     n_frames: int
-    items: PackedItems
+    size: int  # usable items (stored in the mixture's ``items``)
     lines: int  # non-blank lines read
     bad: list[str] = field(default_factory=list)  # "file:line: reason" for each dropped line
     text_only: bool = False  # has items without media
@@ -97,15 +87,11 @@ class LoadedSource:
 @dataclass
 class Mixture:
     sources: list[LoadedSource]
-
-    @functools.cached_property
-    def items(self) -> PackedItems:
-        """Every source's items, one after the other (see :attr:`ranges`)."""
-        return PackedItems.concatenate([source.items for source in self.sources])
+    items: PackedItems  # every source's items, one source after the other (see ``ranges``)
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
-        bounds = list(itertools.accumulate([len(s.items) for s in self.sources], initial=0))
+        bounds = list(itertools.accumulate([s.size for s in self.sources], initial=0))
         return list(zip(bounds[:-1], bounds[1:]))
 
     @property
@@ -115,19 +101,20 @@ class Mixture:
     def summary(self) -> list[str]:
         total = sum(s.weight for s in self.sources)
         return [
-            f"{s.name}: {len(s.items)} items ({len(s.bad)} skipped), weight {s.weight:g} -> {100 * s.weight / total:.1f}% of samples"
+            f"{s.name}: {s.size} items ({len(s.bad)} skipped), weight {s.weight:g} -> {100 * s.weight / total:.1f}% of samples"
             for s in self.sources
         ]
 
 
-def load_source(settings: SourceSettings, default_frames: int) -> LoadedSource:
+def load_source(settings: SourceSettings, default_frames: int, items: PackedItems) -> LoadedSource:
+    """Read one source, appending its usable items to ``items``."""
     path = Path(settings.path)
     if not path.is_file():
         raise TarsierError(f"{path}: data file not found")
     media_root = Path(settings.media_root) if settings.media_root else path.parent
     adapter = ADAPTERS[settings.adapter]
     n_frames = settings.n_frames or default_frames
-    source = LoadedSource(settings.name or path.stem, settings.weight, n_frames, PackedItems(), 0)
+    source = LoadedSource(settings.name or path.stem, settings.weight, n_frames, 0, 0)
     for number, record in iter_jsonl(path):
         where = f"{path}:{number}"
         source.lines += 1
@@ -140,10 +127,10 @@ def load_source(settings: SourceSettings, default_frames: int) -> LoadedSource:
         if missing is not None:
             source.bad.append(f"{where}: media {missing} not found")
             continue
-        source.items.append(item)
+        items.append(item)
+        source.size += 1
         source.text_only |= item.media is None
-    source.items.freeze()
-    if not source.items:
+    if not source.size:
         first = f"; first problem: {source.bad[0]}" if source.bad else ""
         raise TarsierError(f"{path}: no usable lines ({source.lines} read){first}")
     return source
@@ -151,7 +138,8 @@ def load_source(settings: SourceSettings, default_frames: int) -> LoadedSource:
 
 def load_mixture(settings: DataSettings) -> Mixture:
     """All sources, with unusable lines counted; more than ``max_bad_fraction`` of them aborts."""
-    mixture = Mixture([load_source(source, settings.n_frames) for source in settings.sources])
+    items = PackedItems()
+    mixture = Mixture([load_source(source, settings.n_frames, items) for source in settings.sources], items.freeze())
     lines = sum(s.lines for s in mixture.sources)
     bad = [problem for s in mixture.sources for problem in s.bad]
     if len(bad) > settings.max_bad_fraction * lines:

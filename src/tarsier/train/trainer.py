@@ -78,7 +78,7 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
     state = checkpoints.read_trainer_state(checkpoint) if checkpoint else {"step": 0, "bad_items": 0, "attempted": 0, "seconds": 0.0}
     start_step, max_steps = state["step"], config.train.max_steps
     accumulation = config.train.gradient_accumulation
-    schedule = MixtureSchedule([len(s.items) for s in mixture.sources], [s.weight for s in mixture.sources], config.train.seed)
+    schedule = MixtureSchedule([s.size for s in mixture.sources], [s.weight for s in mixture.sources], config.train.seed)
     sampler = RankBatchSampler(
         schedule, config.train.micro_batch_size, accelerator.process_index, accelerator.num_processes,
         first_microstep=start_step * accumulation, microsteps=(max_steps - start_step) * accumulation,
