@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,43 +172,46 @@ def _is_placeholder(video_file: str) -> bool:
 
 def annotation_files(paths: Sequence[str | Path], benchmarks: Sequence[Benchmark]) -> list[Path]:
     """Files to read: given files as they are; in a folder, the reference file names of ``benchmarks``."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            wanted = benchmarks or BENCHMARKS
-            found = []
-            for benchmark in wanted:
-                for name in benchmark.annotation_files:
-                    if (path / name).is_file():
-                        found.append(path / name)
-                        break
-                else:
-                    if benchmarks:
-                        raise TarsierError(
-                            f"{path}: no annotation file for {benchmark.name} "
-                            f"(looked for {', '.join(benchmark.annotation_files)}); pass the file itself"
-                        )
-            if not found:
-                raise TarsierError(f"{path}: no known annotation files in this folder; pass the files themselves")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise TarsierError(f"{path}: file not found")
-    return files
+
+    def in_folder(folder: Path) -> list[Path]:
+        found = []
+        for benchmark in benchmarks or BENCHMARKS:
+            for name in benchmark.annotation_files:
+                if (folder / name).is_file():
+                    found.append(folder / name)
+                    break
+            else:
+                if benchmarks:
+                    raise TarsierError(
+                        f"{folder}: no annotation file for {benchmark.name} "
+                        f"(looked for {', '.join(benchmark.annotation_files)}); pass the file itself"
+                    )
+        if not found:
+            raise TarsierError(f"{folder}: no known annotation files in this folder; pass the files themselves")
+        return found
+
+    return _files(paths, in_folder)
 
 
 def prediction_files(paths: Sequence[str | Path]) -> list[Path]:
     """Files to read: given files as they are; in a folder, every ``*.jsonl`` directly inside it."""
+
+    def in_folder(folder: Path) -> list[Path]:
+        found = sorted(p for p in folder.glob("*.jsonl") if p.is_file())
+        if not found:
+            raise TarsierError(f"{folder}: no .jsonl files in this folder")
+        return found
+
+    return _files(paths, in_folder)
+
+
+def _files(paths: Sequence[str | Path], in_folder: Callable[[Path], list[Path]]) -> list[Path]:
+    """Each path that is a file, or the files ``in_folder`` picks from a folder; anything else is an error."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.glob("*.jsonl") if p.is_file())
-            if not found:
-                raise TarsierError(f"{path}: no .jsonl files in this folder")
-            files.extend(found)
+            files.extend(in_folder(path))
         elif path.is_file():
             files.append(path)
         else:
