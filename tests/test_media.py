@@ -5,6 +5,8 @@ returned against the indices reported and against the reference sampling rule.
 """
 
 import struct
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -459,6 +461,58 @@ def test_unreadable_image_is_reported(tmp_path):
     with pytest.raises(MediaError, match="cannot read the image") as error:
         load_frames(truncated)
     assert_one_line_naming(error, truncated)
+
+
+@pytest.fixture
+def pixel_limit(monkeypatch):
+    """Lower PIL's decompression-bomb limit so a 64x48 image (3,072 pixels) counts as huge."""
+
+    def set_limit(pixels):
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pixels)
+
+    return set_limit
+
+
+@pytest.mark.parametrize("kind", ["image", "gif", "frame-folder"])
+def test_image_over_the_pixel_limit_gives_our_one_warning_not_pils(tmp_path, kind):
+    if kind == "image":
+        source = big = make_image(tmp_path / "big.png", 9)
+    elif kind == "gif":
+        source = big = make_gif(tmp_path / "big.gif", 3)
+    else:
+        make_frame_folder(tmp_path / "frames", 3)
+        source, big = tmp_path / "frames", tmp_path / "frames" / "frame1.png"
+        make_image(big, 1, size=(64, 64))  # 4,096 pixels; its siblings (3,072) stay under the limit
+    limit = 3500 if kind == "frame-folder" else 2000  # warn above this, refuse above twice it
+    # A fresh process with warnings shown (-W default), as a user's script would see them.
+    script = (
+        "import sys; from PIL import Image; from tarsier.media import load_frames; "
+        f"Image.MAX_IMAGE_PIXELS = {limit}; s = load_frames(sys.argv[1], 3); print(len(s.images))"
+    )
+    result = subprocess.run([sys.executable, "-W", "default", "-c", script, str(source)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("1" if kind == "image" else "3")
+    assert "DecompressionBombWarning" not in result.stderr  # no raw PIL warning
+    [line] = result.stderr.strip().splitlines()
+    assert str(big) in line and "pixels" in line and "decoding it in full" in line
+
+
+@pytest.mark.parametrize("kind", ["image", "gif", "frame-list"])
+def test_image_over_twice_the_pixel_limit_is_a_one_line_media_error(tmp_path, pixel_limit, kind):
+    if kind == "image":
+        source = big = make_image(tmp_path / "bomb.jpg", 9)
+    elif kind == "gif":
+        source = big = make_gif(tmp_path / "bomb.gif", 3)
+    else:
+        files = make_frame_folder(tmp_path / "frames", 3, size=(32, 32))  # 1,024 pixels each
+        big = make_image(files[2], 2, size=(64, 48))
+        source = files
+    pixel_limit(1000)  # 2,000 pixels: 64x48 = 3,072 is beyond it
+    if kind == "frame-list":
+        assert load_frames(files[:2], 2).indices == [0, 1]  # 1,024 pixels each: only warned about
+    with pytest.raises(MediaError, match=r"\(3,072 pixels, over the decompression-bomb limit of 2,000 ") as error:
+        load_frames(source, 3)
+    assert_one_line_naming(error, big)
 
 
 def test_frame_folder_is_sorted_naturally_and_sampled_like_a_video(tmp_path):

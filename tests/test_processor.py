@@ -8,7 +8,11 @@ import torch
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from media_factory import make_frame_folder, make_gif, make_image, make_video
+
 from tarsier import CheckpointError, PromptError
+from tarsier.errors import MediaError
+from tarsier.media import SampledFrames
 from tarsier.processor import TarsierProcessor
 
 FRAME = ([32000] * 24 + [32002]) * 24 + [32003]
@@ -79,7 +83,7 @@ def test_batches_are_left_padded_and_rows_match_single_encodings(processor):
 
 
 def test_too_many_image_placeholders_is_a_prompt_error(processor):
-    with pytest.raises(PromptError, match="3 <image> placeholders but the media gave 1 frames"):
+    with pytest.raises(PromptError, match="3 <image> placeholders but the media gave 1 frame;"):
         processor(text="<image><image><image>\nHi", videos=[[gradient_image(32, 32)]])
 
 
@@ -113,3 +117,128 @@ def test_incomplete_checkpoint_folders_are_clear_errors(tiny_checkpoint, tmp_pat
 def test_unknown_path_is_not_mistaken_for_a_hub_id(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint folder or a hub model id"):
         TarsierProcessor.from_pretrained(str(tmp_path / "nope"))
+
+
+# --- media items: a list passed to videos=/images= holds one item per prompt -----------------------
+
+VIDEO_PROMPT = "<video>\nDescribe the video."
+IMAGE_PROMPT = "<image>\nDescribe the image."
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """One of each media kind, every frame showing its index (64x48)."""
+    root = tmp_path_factory.mktemp("processor-media")
+    frames = make_frame_folder(root / "frames", 12)
+    return {
+        "video": str(make_video(root / "clip.mp4", 20, fps=10)),
+        "gif": str(make_gif(root / "anim.gif", 5)),
+        "image": str(make_image(root / "photo.png", 7)),
+        "folder": str(root / "frames"),
+        "frame_files": [str(path) for path in frames[:3]],
+    }
+
+
+def media_item(kind, media):
+    """(prompt, item, frames the item gives with max_n_frames=8) for each kind of media item."""
+    if kind == "video":
+        return VIDEO_PROMPT, media["video"], 8
+    if kind == "gif":
+        return VIDEO_PROMPT, media["gif"], 5
+    if kind == "image-for-image-prompt":
+        return IMAGE_PROMPT, media["image"], 1
+    if kind == "image-for-video-prompt":
+        return VIDEO_PROMPT, media["image"], 1
+    if kind == "frame-folder":
+        return VIDEO_PROMPT, media["folder"], 8
+    if kind == "frame-files":
+        return VIDEO_PROMPT, media["frame_files"], 8  # sampled like a video: 3 files, frames repeat
+    if kind == "pil-image":
+        return IMAGE_PROMPT, gradient_image(40, 30, 4), 1
+    if kind == "pil-frames":
+        return VIDEO_PROMPT, [gradient_image(40, 30, 5), gradient_image(40, 30, 6)], 2
+    if kind == "sampled-frames":
+        images = [gradient_image(40, 30, 7), gradient_image(40, 30, 8)]
+        return VIDEO_PROMPT, SampledFrames(images, [0, 1], 2, None, "given.mp4", "video"), 2
+    raise AssertionError(kind)
+
+
+MEDIA_KINDS = [
+    "video", "gif", "image-for-image-prompt", "image-for-video-prompt", "frame-folder", "frame-files",
+    "pil-image", "pil-frames", "sampled-frames",
+]
+
+
+@pytest.mark.parametrize("keyword", ["videos", "images"])
+@pytest.mark.parametrize("kind", MEDIA_KINDS)
+def test_a_one_item_list_for_one_prompt_is_that_item(processor, media, kind, keyword):
+    prompt, item, n_frames = media_item(kind, media)
+    sampled = processor.load_media(item)  # the item on its own: a list here is one video's frames
+    assert len(sampled.images) == n_frames
+    expected_ids = processor.encode_prompt(processor.format_prompt(prompt, n_frames), n_frames)
+
+    wrapped = processor(text=prompt, **{keyword: [item]})
+    assert wrapped["input_ids"][0].tolist() == expected_ids
+    assert wrapped["pixel_values"].shape[0] == n_frames
+    torch.testing.assert_close(wrapped["pixel_values"], processor.pixel_values(sampled.images), atol=0, rtol=0)
+    if not isinstance(item, list):  # a single item may also be passed unwrapped
+        alone = processor(text=[prompt], **{keyword: item})
+        assert alone["input_ids"].tolist() == wrapped["input_ids"].tolist()
+        torch.testing.assert_close(alone["pixel_values"], wrapped["pixel_values"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("prompt", [IMAGE_PROMPT, VIDEO_PROMPT])
+def test_an_image_alone_and_in_a_batch_gives_the_same_single_frame(processor, media, prompt):
+    alone = processor(text=prompt, images=[media["image"]])
+    batch = processor(text=[prompt, VIDEO_PROMPT, prompt], videos=[media["image"], media["video"], media["image"]])
+    assert alone["pixel_values"].shape[0] == 1
+    assert batch["pixel_values"].shape[0] == 1 + 8 + 1
+    torch.testing.assert_close(batch["pixel_values"][:1], alone["pixel_values"], atol=0, rtol=0)
+    mask = batch["attention_mask"][0].bool()
+    assert batch["input_ids"][0][mask].tolist() == alone["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("flat", ["frame-files", "pil-frames"])
+def test_a_flat_list_of_frames_for_one_prompt_must_be_nested(processor, media, flat):
+    frames = media["frame_files"] if flat == "frame-files" else [gradient_image(40, 30, 1), gradient_image(40, 30, 2)]
+    with pytest.raises(PromptError, match=rf"1 prompt but {len(frames)} media items") as error:
+        processor(text=VIDEO_PROMPT, videos=frames)
+    message = str(error.value)
+    assert "videos=[[frame1, frame2, ...]]" in message and "\n" not in message
+    nested = processor(text=VIDEO_PROMPT, videos=[frames], n_frames=len(frames))
+    assert nested["pixel_values"].shape[0] == len(frames)
+
+
+def test_media_count_must_equal_prompt_count(processor, media):
+    with pytest.raises(PromptError, match="got 2 prompts but 3 media items") as error:
+        processor(text=[VIDEO_PROMPT] * 2, videos=[media["video"]] * 3)
+    assert "\n" not in str(error.value)
+    with pytest.raises(PromptError, match="got 2 prompts but 1 media item:"):
+        processor(text=[VIDEO_PROMPT] * 2, videos=media["video"])
+    with pytest.raises(PromptError, match="got 1 prompt but 0 media items"):
+        processor(text=VIDEO_PROMPT, videos=[])
+
+
+def test_placeholder_count_error_names_the_file(processor, media):
+    with pytest.raises(PromptError) as error:
+        processor(text=IMAGE_PROMPT, videos=[media["video"]])
+    message = str(error.value)
+    assert message.startswith(f"{media['video']}: the prompt has 1 <image> placeholder but the media gave 8 frames;")
+    assert "\n" not in message
+    with pytest.raises(PromptError, match=r"^media item 2 of 2: the prompt has 2 <image> placeholders but the media gave 1 frame;"):
+        processor(text=[VIDEO_PROMPT, "<image><image>\nHi"], videos=[media["video"], [gradient_image(32, 32)]])
+
+
+def test_placeholder_token_count_error_names_the_file(processor):
+    ids = processor.tokenizer.encode("USER: <image>\nHi ASSISTANT: ")
+    with pytest.raises(PromptError, match=r"^clip\.mp4: the prompt has 1 <image> token but the media gave 8 frames$"):
+        processor.expand_image_tokens(ids, 8, source="clip.mp4")
+    with pytest.raises(PromptError, match=r"^the prompt has 0 <image> tokens but the media gave 1 frame$"):
+        processor.encode_prompt("USER: Hi ASSISTANT: ", 1)
+
+
+def test_unsupported_media_items_are_media_errors(processor):
+    with pytest.raises(MediaError, match="unsupported media item of type ndarray"):
+        processor(text=VIDEO_PROMPT, videos=[np.zeros((2, 32, 32, 3), dtype=np.uint8)])
+    with pytest.raises(MediaError, match="frame file paths or PIL images, not int"):
+        processor(text=VIDEO_PROMPT, videos=[["a.png", 3]])

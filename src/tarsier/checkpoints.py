@@ -31,11 +31,14 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 MODEL_FILES = PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json", "generation_config.json")
 
 
+def bundled_or_given(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """A bundled model's folder for its name (``shapes-demo``); anything else unchanged."""
+    return BUNDLED_MODELS.get(str(name_or_path), name_or_path)
+
+
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str], **hub_kwargs: Any) -> Path:
     """A bundled model's folder, a local folder as is, or ``files`` (those that exist) from the hub."""
-    if str(name_or_path) in BUNDLED_MODELS:
-        return BUNDLED_MODELS[str(name_or_path)]
-    path = Path(name_or_path)
+    path = Path(bundled_or_given(name_or_path))
     if path.is_dir():
         return path
     if path.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):

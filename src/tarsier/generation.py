@@ -10,14 +10,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tarsier.errors import TarsierError
-from tarsier.media import SampledFrames
-from tarsier.model import TarsierForConditionalGeneration
-from tarsier.processor import TarsierProcessor
+
+if TYPE_CHECKING:  # torch is imported where it is used, so settings validate without it
+    import torch
+
+    from tarsier.media import SampledFrames
+    from tarsier.model import TarsierForConditionalGeneration
+    from tarsier.processor import TarsierProcessor
 
 
 @dataclass
@@ -63,6 +65,8 @@ def generate_ids(
     **extra: Any,
 ) -> torch.Tensor:
     """New token ids ``[batch, n]`` (rows that stopped early are padded with the pad id)."""
+    import torch
+
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     with torch.inference_mode():
         output = model.generate(**inputs, **settings.generate_kwargs(processor), **extra)
@@ -90,16 +94,20 @@ def stream_text(
     """Yield the reply of a single-row batch piece by piece as it is generated.
 
     Generation runs in a helper thread feeding transformers' ``TextIteratorStreamer``. When
-    ``result`` is a list, the generated ids are appended to it once generation ends.
+    ``result`` is a list, the generated ids are appended to it once generation ends. If the
+    caller stops early (Ctrl-C, a closed generator), generation is told to stop and joined
+    before this returns, so no thread is left running inside torch while the process exits.
     """
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop = threading.Event()
     failure: list[BaseException] = []
 
     def work() -> None:
         try:
-            ids = generate_ids(model, processor, inputs, settings, streamer=streamer, **extra)
+            criteria = StoppingCriteriaList([_StopWhenSet(stop)])
+            ids = generate_ids(model, processor, inputs, settings, streamer=streamer, stopping_criteria=criteria, **extra)
             if result is not None:
                 result.append(ids)
         except BaseException as exc:  # re-raised in the caller's thread
@@ -108,10 +116,25 @@ def stream_text(
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:
+        stop.set()  # a no-op when generation already ended
+        thread.join()
     if failure:
         raise failure[0]
+
+
+class _StopWhenSet:
+    """A stopping criterion that ends every row once ``event`` is set (checked after each step)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -134,6 +157,7 @@ class ChatSession:
 
     def ask(self, question: str) -> Iterator[str]:
         """Stream the reply to ``question``; the turn is recorded once the reply is complete."""
+        import torch
         from transformers import DynamicCache
 
         template = self.processor.chat_template

@@ -116,8 +116,9 @@ class Describer:
         batch_size: int = 1,
         num_workers: int = 2,
         generation: GenerationSettings | None = None,
+        progress: bool = True,
     ) -> Describer:
-        loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames)
+        loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, progress=progress)
         return cls(loaded, processor, generation=generation, batch_size=batch_size, num_workers=num_workers)
 
     def prepare(self, request: DescribeRequest) -> _Prepared:
@@ -128,7 +129,8 @@ class Describer:
             frames = self.processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
             prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
             count = len(frames.images)
-            prepared.ids = self.processor.encode_prompt(self.processor.format_prompt(prepared.prompt, count), count)
+            text = self.processor.format_prompt(prepared.prompt, count, frames.source)
+            prepared.ids = self.processor.encode_prompt(text, count, source=frames.source)
             prepared.pixels = self.processor.pixel_values(frames.images)
             prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
         except Exception as exc:  # recorded per item; the job goes on
@@ -148,8 +150,11 @@ class Describer:
         if self.num_workers == 0:
             yield from self._batched(self.prepare(request) for request in requests)
             return
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="tarsier-media") as pool:
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="tarsier-media")
+        try:
             yield from self._batched(self._prefetch(pool, requests))
+        finally:  # on Ctrl-C or an abandoned run, queued decodes are dropped rather than finished
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _prefetch(self, pool: ThreadPoolExecutor, requests: Iterable[DescribeRequest]) -> Iterator[_Prepared]:
         window: deque[Future[_Prepared]] = deque()

@@ -2,12 +2,13 @@
 
 Every long job here (captioning, benchmark inference, judging) writes one JSON object per line.
 A crash can cut the last line short; reopening an output repairs that torn tail before appending,
-and :func:`read_records` tells which keys are already done, so a rerun neither loses nor repeats
+and :func:`read_records` gives back what is already done, so a rerun neither loses nor repeats
 work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -55,9 +56,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def done_keys(path: str | Path, key: str) -> set[Any]:
-    """Values of ``key`` in the records already written to ``path`` (empty if it does not exist)."""
-    return {record[key] for record in read_records(path) if key in record}
+def fingerprint(**fields: Any) -> str:
+    """A short stable hash of everything that changes an item's output (media, prompt, window, frames).
+
+    Resuming by this instead of by the media path alone keeps three windows of one video (or one
+    clip asked two questions) three separate items, and notices when an item's settings changed.
+    """
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha1(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def drop_records(path: str | Path, unwanted: Callable[[dict[str, Any]], bool]) -> int:
@@ -73,6 +79,73 @@ def drop_records(path: str | Path, unwanted: Callable[[dict[str, Any]], bool]) -
         scratch.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
         os.replace(scratch, path)
     return len(records) - len(kept)
+
+
+class OutputLock:
+    """An exclusive claim on an output file, so two jobs never append the same work to it.
+
+    The claim is an OS lock (``flock``) on a hidden ``.NAME.lock`` file beside the output: it is
+    released when the process ends however it ends (kill -9 included), so there are no stale locks
+    to clean up. Taking it also proves the output is writable before any model is loaded.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._handle: Any = None
+
+    def acquire(self) -> OutputLock:
+        check_output_file(self.path)
+        try:
+            handle = self.lock_path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise TarsierError(f"{self.path}: cannot write here ({exc.strerror or exc})") from None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; concurrent runs are the user's to avoid
+            self._handle = handle
+            return self
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise TarsierError(
+                f"{self.path}: another tarsier process (pid {owner}) is writing to this file; "
+                "wait for it to finish or choose another output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing drops the flock
+            self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def check_output_file(path: str | Path) -> None:
+    """One-line error unless ``path`` is (or can become) a writable file; creates its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise TarsierError(f"{path}: is a folder; give the path of a .jsonl file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            with path.open("a", encoding="utf-8"):
+                pass
+    except OSError as exc:
+        raise TarsierError(f"{path}: cannot write here ({exc.strerror or exc})") from None
 
 
 class JsonlAppender:

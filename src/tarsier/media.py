@@ -21,10 +21,12 @@ How a video is read without decoding all of it
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -350,7 +352,7 @@ def _load_gif(path: str, n_frames: int, start: float | None, end: float | None) 
     The reference ignored start/end for GIFs; we clip by the frames' display durations.
     """
     try:
-        with Image.open(path) as gif:
+        with _open_image(path) as gif:
             total = getattr(gif, "n_frames", 1)  # a still image misnamed .gif has no n_frames
             first, last = 0, total - 1
             if start is not None or end is not None:
@@ -380,10 +382,46 @@ def _gif_frame_starts(gif: Image.Image) -> list[float]:
 def _open_rgb(path: str | os.PathLike) -> Image.Image:
     """An image file as RGB, EXIF orientation applied so it is upright as a viewer shows it."""
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             return ImageOps.exif_transpose(image).convert("RGB")
     except _PIL_ERRORS as error:
         raise MediaError(f"{path}: cannot read the image ({_reason(error)})") from error
+
+
+@contextlib.contextmanager
+def _open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``Image.open`` with our own handling of huge images.
+
+    PIL's limit ``Image.MAX_IMAGE_PIXELS`` (about 89.5 megapixels by default; None turns the checks
+    off) decides, as in PIL: an image over twice the limit raises DecompressionBombError, which
+    callers report as a one-line MediaError naming the file and its pixel count; one over the limit is
+    decoded in full, as the reference did, with one logged line from us naming the file (PIL's own
+    raw warning is filtered out at import, below).
+    """
+    with Image.open(path) as image:  # PIL raises DecompressionBombError over twice its limit
+        limit = Image.MAX_IMAGE_PIXELS
+        width, height = image.size
+        if limit is not None and width * height > limit:
+            logger.warning(
+                "%s: very large image, %dx%d = %s pixels (over PIL.Image.MAX_IMAGE_PIXELS = %s); decoding it in full",
+                path, width, height, f"{width * height:,}", f"{limit:,}",
+            )
+        yield image
+
+
+# PIL's DecompressionBombWarning names neither our file nor what happens next; _open_image says both.
+# Warning filters are process-wide, and toggling them per call is not thread-safe (decoding runs in
+# worker threads), so PIL's warning is filtered once here.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _bomb_reason(error: Image.DecompressionBombError) -> str:
+    """PIL's decompression-bomb error as our one-line reason: the pixel count against the limit."""
+    pixels = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+    over = f" of {limit:,} = 2 x PIL.Image.MAX_IMAGE_PIXELS" if limit else ""
+    return f"{size}, over the decompression-bomb limit{over}; raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
 
 
 def _frame_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -468,5 +506,7 @@ def _video_frame(image: np.ndarray | Image.Image) -> av.VideoFrame:
 
 def _reason(error: BaseException) -> str:
     """An exception's message on one line, without the file name FFmpeg errors repeat."""
+    if isinstance(error, Image.DecompressionBombError):
+        return _bomb_reason(error)
     message = getattr(error, "strerror", None) or str(error) or type(error).__name__
     return " ".join(message.split())

@@ -25,15 +25,17 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
 from tarsier.checkpoints import PROCESSOR_FILES, resolve_checkpoint_dir
-from tarsier.errors import CheckpointError, PromptError
+from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier import TarsierConfig
-from tarsier.prompting import ChatTemplate, format_prompt, template_for_eos
+from tarsier.prompting import IMAGE_PLACEHOLDER, ChatTemplate, counted, format_prompt, template_for_eos
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-MediaItem = str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Image.Image] | SampledFrames
+# One media item: a video, GIF or image path, a folder of frames, a list of frame files (one video),
+# a PIL image, a list of PIL images (one video, already sampled), or frames sampled before.
+MediaItem = str | os.PathLike | Sequence[str | os.PathLike] | Image.Image | Sequence[Image.Image] | SampledFrames
 
 
 @dataclass
@@ -240,16 +242,33 @@ class TarsierProcessor:
         start_time: float | None = None,
         end_time: float | None = None,
     ) -> SampledFrames:
-        """Sample frames from a path, a frame folder, a list of frame files, or PIL images.
+        """Sample frames from ONE media item: a path (video, GIF, image, frame folder), a list of
+        frame files, a PIL image, a list of PIL images, or :class:`SampledFrames`.
 
+        A list is one video made of its frames here (this takes a single item, never a batch).
         ``n_frames`` is capped by ``max_n_frames`` (as in the reference). PIL images are taken as
         already sampled.
         """
         if isinstance(media, SampledFrames):
             return media
-        if isinstance(media, Sequence) and not isinstance(media, str) and all(isinstance(m, Image.Image) for m in media):
-            images = [image.convert("RGB") for image in media]
-            return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
+        if isinstance(media, Image.Image):
+            return SampledFrames([media.convert("RGB")], [0], 1, None, "<image>", "image")
+        if isinstance(media, (str, os.PathLike)):
+            pass
+        elif isinstance(media, Sequence) and not isinstance(media, (str, bytes)):
+            if media and all(isinstance(m, Image.Image) for m in media):
+                images = [image.convert("RGB") for image in media]
+                return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
+            odd = next((m for m in media if not isinstance(m, (str, os.PathLike))), None)
+            if odd is not None:
+                raise MediaError(
+                    f"a list of frames holds either frame file paths or PIL images, not {type(odd).__name__}"
+                )
+        else:
+            raise MediaError(
+                f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
+                "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
+            )
         wanted = min(n_frames, self.max_n_frames) if n_frames else self.max_n_frames
         return load_frames(media, n_frames=wanted, start_time=start_time, end_time=end_time)
 
@@ -264,24 +283,28 @@ class TarsierProcessor:
         return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size)
 
     # -- text -------------------------------------------------------------------------------------
-    def format_prompt(self, prompt: str, n_frames: int) -> str:
-        return format_prompt(prompt, n_frames)
+    def format_prompt(self, prompt: str, n_frames: int, source: str | None = None) -> str:
+        return format_prompt(prompt, n_frames, source)
 
-    def expand_image_tokens(self, ids: Sequence[int], n_frames: int) -> list[int]:
+    def expand_image_tokens(self, ids: Sequence[int], n_frames: int, source: str | None = None) -> list[int]:
         """Replace each ``<image>`` id by the frame layout; the count must match the frames."""
         image_id = self.layout.image_token_id
         found = sum(1 for token in ids if token == image_id)
         if found != n_frames:
-            raise PromptError(f"the prompt has {found} <image> tokens but {n_frames} frames were given")
+            where = f"{source}: " if source else ""
+            raise PromptError(
+                f"{where}the prompt has {counted(found, IMAGE_PLACEHOLDER + ' token')} but the media gave "
+                f"{counted(n_frames, 'frame')}"
+            )
         expanded: list[int] = []
         for token in ids:
             expanded.extend(self.layout.frame_token_ids if token == image_id else (token,))
         return expanded
 
-    def encode_prompt(self, prompt_text: str, n_frames: int, add_bos: bool = True) -> list[int]:
+    def encode_prompt(self, prompt_text: str, n_frames: int, add_bos: bool = True, source: str | None = None) -> list[int]:
         """Token ids of an already formatted prompt, placeholders expanded."""
         ids = self.tokenizer.encode(prompt_text, add_special_tokens=add_bos)
-        return self.expand_image_tokens(ids, n_frames)
+        return self.expand_image_tokens(ids, n_frames, source)
 
     def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
         """Left-pad id lists into ``input_ids`` / ``attention_mask`` (and ``labels`` with -100)."""
@@ -313,27 +336,24 @@ class TarsierProcessor:
     ) -> BatchFeature:
         """Model inputs for one prompt or a batch of prompts, each with its own video/image.
 
-        ``videos``/``images``: one item per prompt (a path, a frame folder, a list of frame
-        files, or a list of PIL images); a single item is allowed for a single prompt.
+        ``videos``/``images`` (the same for this model): a list or tuple ALWAYS holds one item per
+        prompt, as in Hugging Face processors, and its length must equal the number of prompts. An
+        item is a video/GIF/image path, a frame folder, a PIL image, :class:`SampledFrames`, or ONE
+        video given as its frames: a nested list of frame files or of PIL images
+        (``videos=[["f1.jpg", "f2.jpg"]]``). Nothing is guessed from file extensions. A single
+        prompt may also take its item unwrapped (``videos="clip.mp4"``).
         """
         if return_tensors not in ("pt", None):
             raise ValueError("TarsierProcessor returns PyTorch tensors only (return_tensors='pt')")
         texts = [text] if isinstance(text, str) else list(text)
-        media = videos if videos is not None else images
-        if media is None:
-            items: list[MediaItem | None] = [None] * len(texts)
-        elif len(texts) == 1 and not _is_batch_of_media(media):
-            items = [media]
-        else:
-            items = list(media)
-        if len(items) != len(texts):
-            raise PromptError(f"got {len(texts)} prompts but {len(items)} media items; pass one per prompt")
+        items = _media_per_prompt(videos if videos is not None else images, len(texts))
 
         sequences, frames = [], []
-        for prompt, item in zip(texts, items):
+        for position, (prompt, item) in enumerate(zip(texts, items)):
             sampled = None if item is None else self.load_media(item, n_frames, start_time, end_time)
             count = 0 if sampled is None else len(sampled.images)
-            sequences.append(self.encode_prompt(self.format_prompt(prompt, count), count))
+            source = None if sampled is None else _media_name(sampled, position, len(texts))
+            sequences.append(self.encode_prompt(self.format_prompt(prompt, count, source), count, source=source))
             if sampled is not None:
                 frames.extend(sampled.images)
         batch: dict[str, Any] = self.pad(sequences)
@@ -354,16 +374,25 @@ class TarsierProcessor:
         return [[int(t) for t in row if int(t) not in layout_ids] for row in rows]
 
 
-def _is_batch_of_media(media: Any) -> bool:
-    """True when ``media`` is a list with one item per prompt rather than one item itself."""
-    if isinstance(media, (str, os.PathLike, SampledFrames)) or not isinstance(media, Sequence):
-        return False
-    if all(isinstance(m, Image.Image) for m in media):
-        return False  # a list of PIL frames is one video
-    return not all(isinstance(m, (str, os.PathLike)) and _looks_like_frame_file(m) for m in media) or len(media) == 0
+def _media_per_prompt(media: Any, n_prompts: int) -> list[Any]:
+    """The media item of each prompt: a list/tuple holds one item per prompt; anything else is one item."""
+    if media is None:
+        return [None] * n_prompts
+    items = list(media) if isinstance(media, (list, tuple)) else [media]
+    if len(items) != n_prompts:
+        hint = ""
+        if n_prompts == 1 and len(items) > 1:
+            hint = "; to give one video as frames, nest them (videos=[[frame1, frame2, ...]]) or pass their folder"
+        raise PromptError(
+            f"got {counted(n_prompts, 'prompt')} but {counted(len(items), 'media item')}: "
+            f"a list passed to videos=/images= holds one item per prompt{hint}"
+        )
+    return items
 
 
-def _looks_like_frame_file(path: str | os.PathLike) -> bool:
-    from tarsier.media import IMAGE_EXTENSIONS
+def _media_name(sampled: SampledFrames, position: int, n_prompts: int) -> str | None:
+    """How errors name a media item: its path, else (PIL images) its place in a batch."""
+    if sampled.source and not sampled.source.startswith("<"):
+        return sampled.source
+    return f"media item {position + 1} of {n_prompts}" if n_prompts > 1 else None
 
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS

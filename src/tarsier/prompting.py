@@ -25,12 +25,18 @@ def default_prompt(kind: str) -> str:
     return DEFAULT_IMAGE_PROMPT if kind == "image" else DEFAULT_VIDEO_PROMPT
 
 
-def format_prompt(prompt: str, n_frames: int) -> str:
+def counted(count: int, noun: str) -> str:
+    """``1 frame``, ``8 frames``: error messages say counts in plain English."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_prompt(prompt: str, n_frames: int, source: str | None = None) -> str:
     """Apply the reference's single-turn rules for a prompt paired with ``n_frames`` frames.
 
     ``<video>`` becomes one ``<image>`` per frame; a prompt without placeholders gets them in
     front (as the reference CLI does with ``<video>\\n``); a prompt without the
     ``USER: ... ASSISTANT:`` frame becomes ``USER: {prompt} ASSISTANT: `` (trailing space kept).
+    A placeholder count that fits no frame count is a PromptError naming ``source`` (the media).
     """
     if n_frames == 0:
         prompt = prompt.replace(IMAGE_PLACEHOLDER, "").replace(VIDEO_PLACEHOLDER, "")
@@ -40,9 +46,10 @@ def format_prompt(prompt: str, n_frames: int) -> str:
         if found == 0:
             prompt = IMAGE_PLACEHOLDER * n_frames + "\n" + prompt
         elif found != n_frames:
+            where = f"{source}: " if source else ""
             raise PromptError(
-                f"the prompt has {found} {IMAGE_PLACEHOLDER} placeholders but the media gave {n_frames} frames; "
-                f"use {VIDEO_PLACEHOLDER} to stand for all frames"
+                f"{where}the prompt has {counted(found, IMAGE_PLACEHOLDER + ' placeholder')} but the media gave "
+                f"{counted(n_frames, 'frame')}; use {VIDEO_PLACEHOLDER} to stand for all frames"
             )
     if not _FRAMED.search(prompt):
         prompt = f"USER: {prompt} ASSISTANT: "

@@ -3,35 +3,52 @@
 from __future__ import annotations
 
 import os
-
-import torch
+import re
+from typing import TYPE_CHECKING
 
 from tarsier.checkpoints import checkpoint_folder
 from tarsier.errors import CheckpointError, TarsierError
-from tarsier.model import TarsierForConditionalGeneration
-from tarsier.processor import TarsierProcessor
 
+if TYPE_CHECKING:  # torch is imported inside the loaders: names are checked without it
+    import torch
+
+    from tarsier.model import TarsierForConditionalGeneration
+    from tarsier.processor import TarsierProcessor
+
+# dtype names a user may give -> torch attribute
 DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
 }
+DEVICE_NAME = re.compile(r"^(cpu|cuda|mps)(:\d+)?$|^auto$")
+
+
+def check_device_name(name: str | None) -> None:
+    """One-line error for a device name that can never work (checked without importing torch)."""
+    if name is not None and not DEVICE_NAME.match(name):
+        raise TarsierError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto")
+
+
+def check_dtype_name(name: str | None) -> None:
+    if name is not None and name.lower() not in DTYPES:
+        raise TarsierError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
 
 
 def resolve_device(name: str | None) -> str:
     """``None`` -> cuda if available else cpu; ``auto`` spreads layers over GPUs (accelerate)."""
+    import torch
+
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
+    check_device_name(name)
     if name == "auto":
         return name
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise TarsierError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TarsierError(f"device {name!r} requested but CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -41,21 +58,37 @@ def resolve_device(name: str | None) -> str:
 
 def resolve_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
     """``None`` -> bf16 on GPUs, fp32 on CPU."""
+    import torch
+
     if isinstance(name, torch.dtype):
         return name
     if name is None:
         return torch.float32 if device == "cpu" else torch.bfloat16
-    if name.lower() not in DTYPES:
-        raise TarsierError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[name.lower()]
+    check_dtype_name(name)
+    return getattr(torch, DTYPES[name.lower()])
+
+
+def quiet_loading() -> None:
+    """No download or "Loading weights" bars (``--no-progress``); process-wide, as both libraries' switches are."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging
+
+    disable_progress_bars()
+    logging.disable_progress_bar()
 
 
 def load_model(
     name_or_path: str | os.PathLike,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    progress: bool = True,
 ) -> TarsierForConditionalGeneration:
     """The model in eval mode on ``device`` with ``dtype`` (resolved as documented above)."""
+    from tarsier.model import TarsierForConditionalGeneration
+
+    if not progress:
+        quiet_loading()
     folder = checkpoint_folder(name_or_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, "cuda" if device == "auto" else device)
@@ -69,14 +102,53 @@ def load_model(
     return model.eval()
 
 
+# Frames beyond what the language model was trained to attend to: warn past WARN_CONTEXT times its
+# context, refuse past MAX_CONTEXT times (minutes of decoding and GBs of memory for nothing useful).
+WARN_CONTEXT = 2
+MAX_CONTEXT = 4
+PROMPT_ALLOWANCE = 100  # positions for the prompt text around the frames
+
+
+def check_frame_budget(folder: str | os.PathLike, n_frames: int) -> None:
+    """Refuse (or warn, with the numbers) when ``n_frames`` cannot sensibly fit the model's context.
+
+    Runs on ``config.json`` alone, before weights load or any video is decoded.
+    """
+    import sys
+
+    from tarsier.model import TarsierConfig
+
+    config = TarsierConfig.from_pretrained(str(folder))
+    per_frame = len(config.frame_token_ids())
+    context = config.text_config.max_position_embeddings
+    needed = n_frames * per_frame + PROMPT_ALLOWANCE
+    most = max(1, (MAX_CONTEXT * context - PROMPT_ALLOWANCE) // per_frame)
+    if needed > MAX_CONTEXT * context:
+        raise TarsierError(
+            f"{n_frames} frames need about {needed:,} positions ({per_frame} per frame), but this model attends "
+            f"to {context:,}; use at most {most} frames"
+        )
+    if needed > WARN_CONTEXT * context:
+        print(
+            f"tarsier: warning: {n_frames} frames need about {needed:,} positions ({per_frame} per frame), "
+            f"over {WARN_CONTEXT}x the {context:,} this model was trained on; descriptions may degrade",
+            file=sys.stderr,
+        )
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     max_n_frames: int = 8,
+    *,
+    progress: bool = True,
 ) -> tuple[TarsierForConditionalGeneration, TarsierProcessor]:
-    """Model and processor from the same checkpoint."""
+    """Model and processor from the same checkpoint; the frame count is checked before weights load."""
+    from tarsier.processor import TarsierProcessor
+
     folder = checkpoint_folder(name_or_path)
-    model = load_model(folder, device, dtype)
+    check_frame_budget(folder, max_n_frames)
+    model = load_model(folder, device, dtype, progress=progress)
     processor = TarsierProcessor.from_pretrained(folder, max_n_frames=max_n_frames)
     return model, processor

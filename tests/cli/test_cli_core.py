@@ -134,3 +134,162 @@ def test_chat_answers_each_question_from_stdin(fast_checkpoint, videos):
     replies = [line for line in result.stdout.splitlines() if line.startswith("tarsier> ")]
     assert len(replies) == 2 and all(len(line) > len("tarsier> ") for line in replies)
     assert "you> What happens?" in result.stdout
+
+
+def test_caption_keys_items_by_window_and_prompt_not_by_path(fast_checkpoint, videos, tmp_path):
+    clip = make_video(tmp_path / "long.mp4", 50)  # 2 s at 25 fps
+    items = tmp_path / "items.jsonl"
+    lines = [
+        {"path": str(clip), "start_time": 0.0, "end_time": 0.6},
+        {"path": str(clip), "start_time": 0.6, "end_time": 1.2},
+        {"path": str(clip), "start_time": 1.2, "end_time": 2.0},
+        {"path": str(clip), "prompt": "<video>\nWhat moves?", "id": "q1"},
+        {"path": str(clip), "start_time": 0.0, "end_time": 0.6},  # the same work as the first line
+    ]
+    items.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output = tmp_path / "captions.jsonl"
+    first = tarsier("caption", items, "--output", output, *model_args(fast_checkpoint))
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 4 and len({r["key"] for r in records}) == 4
+    assert [(r["start_time"], r["end_time"]) for r in records[:3]] == [(0.0, 0.6), (0.6, 1.2), (1.2, 2.0)]
+    windows = [r["frames"] for r in records[:3]]
+    assert windows[0][-1] <= windows[1][0] and windows[1][-1] <= windows[2][0] and windows[2][-1] == 49
+    assert records[3]["prompt"] == "<video>\nWhat moves?" and records[3]["id"] == "q1"
+    assert "1 input line(s) repeat an earlier one" in first.stderr
+
+    # Interrupted after two items (the last line torn): the rerun captions exactly the two others.
+    kept = output.read_text().splitlines(keepends=True)[:2]
+    output.write_text("".join(kept) + kept[1][:20])
+    second = tarsier("caption", items, "--output", output, *model_args(fast_checkpoint))
+    assert second.returncode == 0 and "4 inputs, 2 already in" in second.stderr and "2 to caption" in second.stderr
+    resumed = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(r["key"] for r in resumed) == sorted(r["key"] for r in records)
+    assert {r["key"]: r["text"] for r in resumed} == {r["key"]: r["text"] for r in records}
+
+    # Another --max-frames is other work: nothing is skipped as done.
+    third = tarsier("caption", items, "--output", output, "--limit", "1", *model_args(fast_checkpoint)[:-1], "2")
+    assert "4 inputs, 0 already in" in third.stderr and "1 to caption" in third.stderr
+
+
+def test_caption_resumes_an_output_written_before_keys_existed(fast_checkpoint, videos, tmp_path):
+    output = tmp_path / "old.jsonl"
+    output.write_text(json.dumps({"path": str(videos / "clip0.mp4"), "text": "old", "error": None}) + "\n")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{videos / 'clip0.mp4'}\n{videos / 'clip1.mp4'}\n")
+    result = tarsier("caption", listing, "--output", output, *model_args(fast_checkpoint))
+    assert "2 inputs, 1 already in" in result.stderr and "1 to caption" in result.stderr
+    assert [json.loads(line)["path"] for line in output.read_text().splitlines()] == [
+        str(videos / "clip0.mp4"),
+        str(videos / "clip1.mp4"),
+    ]
+
+
+def test_caption_refuses_an_output_that_another_process_writes(videos, tmp_path):
+    from tarsier.jsonl import OutputLock
+
+    output = tmp_path / "captions.jsonl"
+    with OutputLock(output):
+        result = tarsier("caption", videos, "--output", output, "--model", "nobody/nothing")
+    assert result.returncode == 2 and "another tarsier process" in result.stderr
+    assert result.stderr.count("\n") == 1 and not output.exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "proc", "under-a-file"])
+def test_caption_checks_the_output_before_loading_a_model(videos, tmp_path, where):
+    (tmp_path / "file").write_text("")
+    output = {"folder": tmp_path, "proc": Path("/proc/x.jsonl"), "under-a-file": tmp_path / "file" / "x.jsonl"}[where]
+    result = tarsier("caption", videos, "--output", output, "--model", "nobody/nothing")  # never loaded
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and str(output) in result.stderr
+
+
+def test_caption_rerun_counts_recorded_failures_and_names_retry_errors(fast_checkpoint, videos, tmp_path):
+    output = tmp_path / "captions.jsonl"
+    tarsier("caption", videos, "--output", output, *model_args(fast_checkpoint))
+    again = tarsier("caption", videos, "--output", output, *model_args(fast_checkpoint))
+    assert again.returncode == 0 and "0 to caption" in again.stderr
+    assert "1 of them failed in an earlier run" in again.stderr and "--retry-errors" in again.stderr
+
+
+@pytest.mark.parametrize("command", ["describe", "chat"])
+def test_ctrl_c_while_a_reply_streams_stops_generation_and_exits_130(fast_checkpoint, videos, command):
+    import signal
+    import time
+
+    args = [TARSIER, command, str(videos / "clip0.mp4"), "--model", str(fast_checkpoint), "--device", "cpu"]
+    args += ["--max-new-tokens", "3000", "--max-frames", "2", "--no-progress"]
+    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if command == "chat":
+        process.stdin.write(b"What happens?\n")
+        process.stdin.flush()
+    streamed, marker = b"", b"tarsier> " if command == "chat" else b""
+    deadline = time.monotonic() + 120
+    while marker not in streamed or len(streamed) < len(marker) + 20:  # some reply text has arrived
+        assert time.monotonic() < deadline and process.poll() is None, "no reply was streamed"
+        streamed += process.stdout.read1(64)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    err = err.decode()
+    assert process.returncode == 130, err
+    assert "terminate called" not in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "tarsier: interrupted"
+
+
+def test_prompt_backslash_n_is_the_reference_line_break(fast_checkpoint, videos):
+    from tarsier.cli.options import prompt_text
+
+    assert prompt_text(r"<video>\nWhat is the man holding?") == "<video>\nWhat is the man holding?"
+    assert prompt_text(r"a\\nb") == "a\\nb" and prompt_text("plain") == "plain"
+    result = tarsier("describe", videos / "clip0.mp4", "--json", "--prompt", r"<video>\nWhat moves?", *model_args(fast_checkpoint))
+    assert json.loads(result.stdout)["prompt"] == "<video>\nWhat moves?"
+
+
+def test_too_many_frames_are_refused_before_any_decoding(fast_checkpoint, long_video):
+    import time
+
+    started = time.monotonic()
+    result = tarsier("describe", long_video, "--model", fast_checkpoint, "--device", "cpu", "--max-frames", "10000")
+    assert result.returncode == 2 and time.monotonic() - started < 60
+    # 21 positions per 56 px frame, a 4,096-position model: at most (4 x 4096 - 100) // 21 frames
+    assert result.stderr.strip() == (
+        "tarsier: error: 10000 frames need about 210,100 positions (21 per frame), but this model attends to 4,096; "
+        "use at most 775 frames"
+    )
+
+
+def test_a_lone_missing_input_still_gets_its_json_record(videos, tmp_path):
+    missing = tmp_path / "missing.mp4"
+    text = tarsier("describe", missing, "--model", "nobody/nothing")
+    as_json = tarsier("describe", missing, "--json", "--model", "nobody/nothing")
+    assert text.returncode == as_json.returncode == 2
+    assert json.loads(as_json.stdout) == {
+        "path": str(missing), "prompt": None, "text": None, "frames": [], "error": f"{missing}: file not found"
+    }
+    assert text.stdout == "" and text.stderr == as_json.stderr == f"tarsier: error: {missing}: file not found\n"
+
+
+def test_no_progress_hides_the_weight_loading_bar(fast_checkpoint, videos):
+    shown = tarsier("describe", videos / "clip0.mp4", *model_args(fast_checkpoint))
+    hidden = tarsier("describe", videos / "clip0.mp4", "--no-progress", *model_args(fast_checkpoint))
+    assert "Loading weights" in shown.stderr
+    assert hidden.returncode == 0 and hidden.stderr == "" and hidden.stdout == shown.stdout
+
+
+def test_option_errors_come_before_torch_is_imported(videos):
+    script = (
+        "import sys; from tarsier.cli import main; "
+        f"code = main(['describe', {str(videos / 'clip0.mp4')!r}, '--dtype', 'int3']); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["2", "False"] and "unknown dtype 'int3'" in result.stderr
+
+
+def test_chat_commands_stay_local_and_version_is_printed(fast_checkpoint, videos):
+    result = tarsier("chat", videos / "clip1.mp4", *model_args(fast_checkpoint), stdin="/help\n/bogus\nWhat?\n")
+    assert result.returncode == 0, result.stderr
+    assert "/reset" in result.stdout and "unknown command /bogus; /help lists the commands" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("you> ")] == ["you> What?"]
+    version = tarsier("--version")
+    assert version.returncode == 0 and version.stdout.startswith("tarsier 0.")

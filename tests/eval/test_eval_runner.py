@@ -273,3 +273,46 @@ def test_bench_run_and_eval_end_to_end_on_a_tiny_checkpoint(
     assert dream["items"] == 3 and dream["results"]["overall"]["success"] == 3
     assert mvbench["items"] == 2
     assert mvbench["results"]["overall"]["success"] + mvbench["results"]["overall"]["failed"] == 2
+
+
+def test_an_item_whose_inputs_changed_is_predicted_again_and_replaces_the_old_line(bench, tmp_path):
+    out = tmp_path / "out"
+    run_shard(bench, out, FakeDescriber(), max_frames=8)
+    describer = FakeDescriber()
+    work, _ = run_shard(bench, out, describer, max_frames=8)
+    assert describer.seen == [] and work.changed == 0
+    # Another frame count changes every prediction: nothing may be skipped as "done".
+    describer = FakeDescriber()
+    work, (ok, failed) = run_shard(bench, out, describer, max_frames=16)
+    assert work.changed == 15 and ok == 15 and len(describer.seen) == 15
+    # One prompt edited in the annotations: only that item runs again.
+    annotations, videos = bench
+    lines = [json.loads(line) for line in annotations.read_text().splitlines()]
+    lines[0]["text"]["prompt"] = "<video>\nWhat happens first?"
+    write_jsonl(annotations, lines)
+    describer = FakeDescriber()
+    work, _ = run_shard(bench, out, describer, max_frames=16)
+    assert describer.seen == ["DREAM/b/1"] and work.changed == 1
+    latest = {p.key: p for p in load_predictions([out]).items["dream"]}
+    assert latest["DREAM/b/1"].text["prompt"] == "<video>\nWhat happens first?"
+
+
+def test_recorded_failures_are_counted_on_resume(bench, tmp_path):
+    out = tmp_path / "out"
+    run_shard(bench, out, FakeDescriber(fail={"DREAM/a/2"}))
+    work, _ = run_shard(bench, out, FakeDescriber())
+    assert work.failed_before == 1 and work.todo == []
+
+
+def test_bench_run_refuses_an_output_another_process_writes(bench, tmp_path, capsys):
+    from tarsier.jsonl import OutputLock
+
+    annotations, videos = bench
+    out = tmp_path / "o"
+    args = ["bench", "run", "-a", str(annotations), "--video-root", str(videos), "-o", str(out), "--model", "x/y"]
+    with OutputLock(predictions_path(out)):
+        assert main(args) == 2
+    assert "another tarsier process" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main([*args[:-4], "-o", str(tmp_path / "file" / "sub"), "--model", "x/y"]) == 2
+    assert "cannot write here" in capsys.readouterr().err

@@ -159,3 +159,22 @@ def test_mismatched_frames_and_slots_is_a_clear_error(tiny):
         model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:1])
     with pytest.raises(TarsierError, match="no pixel_values"):
         model(input_ids=inputs["input_ids"])
+
+
+def test_bundled_model_loads_by_name_offline_like_the_processor(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub lookup would fail at once instead of after 45 s
+    model = TarsierForConditionalGeneration.from_pretrained("shapes-demo")
+    processor = TarsierProcessor.from_pretrained("shapes-demo")
+    assert model.config.image_token_index == processor.layout.image_token_id
+    assert model.config.text_config.max_position_embeddings == 1024
+
+
+def test_frame_budget_is_checked_from_the_config(tiny_checkpoint, capsys):
+    from tarsier.runtime import check_frame_budget
+
+    check_frame_budget(tiny_checkpoint, 8)  # 4,908 positions: the reference default, silent
+    assert capsys.readouterr().err == ""
+    check_frame_budget(tiny_checkpoint, 16)  # 9,716 > 2 x 4,096: allowed, with the numbers
+    assert "16 frames need about 9,716 positions (601 per frame), over 2x the 4,096" in capsys.readouterr().err
+    with pytest.raises(TarsierError, match="28 frames need about 16,928 positions .* use at most 27 frames"):
+        check_frame_budget(tiny_checkpoint, 28)

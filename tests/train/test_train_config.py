@@ -10,8 +10,11 @@ from tarsier.train.recipes import RECIPES
 
 
 def test_builtin_recipes_need_only_their_start_model():
-    with pytest.raises(TarsierError, match=r"recipe stage1: 'model' needs exactly one start: checkpoint, llava, or vision \+ language"):
+    with pytest.raises(TarsierError, match=r"recipe stage1: 'model.llava' is not set: training needs a start model; .*--set model.llava=PATH"):
         load_config(recipe="stage1")
+    assert load_config(recipe="stage1", complete=False).model.llava is None  # a template may leave it out
+    with pytest.raises(TarsierError, match=r"'model' needs exactly one start: checkpoint, llava, or vision \+ language \(got checkpoint, llava\)"):
+        load_config(recipe="stage2", overrides=["model.llava=x"], complete=False)  # a conflict is wrong even in a template
     config = load_config(recipe="stage1", overrides=["model.llava=/models/llava-v1.6-vicuna-7b-hf"])
     assert config.model.llava == "/models/llava-v1.6-vicuna-7b-hf" and not config.model.train_vision_tower
     assert [s.adapter for s in config.data.sources] == ["caption", "open_qa", "multiple_choice", "action", "multi_image", "text", "tracking"]
@@ -26,6 +29,30 @@ def test_printed_config_loads_back_identically(tmp_path):
     path.write_text(config.to_yaml())
     assert load_config(path) == config
     assert config.optim.lr == 3e-6 and config.train.max_steps == 10
+
+
+def test_print_config_is_a_template_that_trains_once_filled_in(tmp_path, capsys):
+    # The first documented step: print the stage-1 recipe, although it names no start model yet.
+    assert main(["train", "--recipe", "stage1", "--print-config"]) == 0
+    template = capsys.readouterr().out
+    assert "  llava: null" in template and "# REQUIRED (or another start): a LLaVA-1.6 folder" in template
+    path = tmp_path / "stage1.yaml"
+    path.write_text(template)
+    # Printing it again works too; training from it names the missing key and how to set it, on one line.
+    assert main(["train", "--config", str(path), "--print-config"]) == 0
+    assert capsys.readouterr().out == template
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"tarsier: error: {path}: 'model.llava' is not set: ")
+    assert "--set model.llava=PATH" in error and "model.checkpoint" in error
+    assert main(["train", "--recipe", "stage1", "--init-only", "--output", str(tmp_path / "run")]) == 2
+    assert "'model.llava' is not set" in capsys.readouterr().err
+    # Filled in, the file loads back as the recipe with the start set.
+    path.write_text(template.replace("  llava: null", "  llava: /models/llava-v1.6-vicuna-7b-hf"))
+    assert load_config(path) == load_config(recipe="stage1", overrides=["model.llava=/models/llava-v1.6-vicuna-7b-hf"])
+    assert main(["train", "--recipe", "stage2", "--print-config"]) == 0
+    path.write_text(capsys.readouterr().out)
+    assert load_config(path) == load_config(recipe="stage2")
 
 
 @pytest.mark.parametrize(

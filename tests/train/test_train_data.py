@@ -2,6 +2,7 @@
 
 import collections
 import itertools
+import json
 import tracemalloc
 
 import pytest
@@ -144,6 +145,30 @@ def test_missing_media_is_skipped_and_counted_and_too_much_aborts(tmp_path, clip
         load_mixture(DataSettings(sources=[SourceSettings(path=str(path))], max_bad_fraction=0.05))
     with pytest.raises(TarsierError, match="no usable lines"):
         load_mixture(DataSettings(sources=[SourceSettings(path=str(write_jsonl(tmp_path / "bad.jsonl", [{"x": 1}])))], max_bad_fraction=0.5))
+
+
+def test_malformed_json_lines_are_skipped_and_counted_under_the_cap(tmp_path, clip_folder):
+    good = "".join(json.dumps(chat(str(clip_folder / "red.mp4"), "Q", "A")) + "\n" for _ in range(96))
+    tracking = {"media": str(clip_folder / "red.mp4"), "object": "x", "boxes": [[0, 0, 1, 1]] * 4, "n_frames": "eight"}
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(good.encode() + b'{"media": "a.mp4", "messages": [\n' + b"[1, 2]\n\n" + b'"text"\n' + b'{"x": "\xff"}\n')
+    mixture = load_mixture(DataSettings(sources=[SourceSettings(path=str(path))], max_bad_fraction=0.05))
+    (source,) = mixture.sources
+    assert source.size == len(mixture.items) == 96 and source.lines == 100
+    assert source.bad == [
+        f"{path}:97: not valid JSON (Expecting value: column 33)",
+        f"{path}:98: expected a JSON object, got an array",
+        f"{path}:100: expected a JSON object, got a string",
+        f"{path}:101: not UTF-8 text",
+    ]
+    assert mixture.skipped() == source.bad and mixture.summary()[0].startswith("data: 96 items (4 skipped)")
+    with pytest.raises(TarsierError, match=rf"^4 of 100 data lines are unusable \(4.0%\), more than data.max_bad_fraction=0.01; "
+                                           rf"first: {path}:97: not valid JSON"):
+        load_mixture(DataSettings(sources=[SourceSettings(path=str(path))], max_bad_fraction=0.01))
+    # A field of the wrong kind that an adapter trips over is a bad line too, not a crash.
+    tracks = write_jsonl(tmp_path / "tracks.jsonl", [{**tracking, "n_frames": 4}, tracking])
+    (source,) = load_mixture(DataSettings(sources=[SourceSettings(path=str(tracks), adapter="tracking")], max_bad_fraction=0.5)).sources
+    assert source.size == 1 and source.bad[0].startswith(f"{tracks}:2: unusable for the tracking adapter (TypeError: ")
 
 
 def test_an_undecodable_item_is_replaced_by_the_next_of_its_source_and_reported(tmp_path, clip_folder, processor):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tarsier.cli import main
 from tarsier.model import TarsierConfig, TarsierForConditionalGeneration
 from tarsier.processor import TarsierProcessor
 from tarsier.train import shapes_demo, shapes_world
@@ -165,6 +166,29 @@ def test_the_demo_runs_end_to_end_in_miniature(tmp_path):
     assert set(report["scores"]) == {"start", "stage1", "stage2"}
     assert json.loads((tmp_path / "demo" / "report.json").read_text())["training"]["stage2"]["steps"] == 2
     assert (tmp_path / "demo" / "stage2" / "model.safetensors").is_file()
+
+
+def test_a_short_demo_run_generates_data_sized_to_it_with_progress(tmp_path, capsys):
+    # The full recipe (what made the shipped model) still generates what it always did.
+    assert shapes_demo.demo_sizes(shapes_demo.stage_configs("runs/s")) == {
+        "clips": 2000, "held_out_clips": 100, "vision_steps": 1500, "vision_clips": 600}
+    assert shapes_demo.demo_sizes(shapes_demo.stage_configs("runs/s", ["train.max_steps=2000"]))["clips"] == 2000
+    assert shapes_demo.demo_sizes(shapes_demo.stage_configs("runs/s", ["train.max_steps=350"]))["clips"] == 1000
+    # A 2-step run generates the minimum, shows progress while it does, and --set demo.* sets a size.
+    output = tmp_path / "demo"
+    assert main(["train", "--recipe", "shapes-demo", "--output", str(output), "--set", "train.max_steps=2",
+                 "--set", "demo.held_out_clips=2"]) == 0
+    err = capsys.readouterr().err
+    assert "generating 32 training clips, 2 held-out clips, stage 0: 30 steps on frames of 40 clips (sized to the run" in err
+    assert "generating training clips: 100%" in err and "32/32" in err and "stage 0 training: 100%" in err
+    report = json.loads((output / "report.json").read_text())
+    assert report["training_clips"] == 32 and report["held_out_clips"] == 2 and report["vision_pretraining"]["steps"] == 30
+    assert report["training"]["stage1"]["steps"] == report["training"]["stage2"]["steps"] == 2
+    for bad, message in (("demo.clips=0", "--set demo.clips: must be an integer >= 8 (training clips generated), got '0'"),
+                         ("demo.frames=3", "--set demo.frames: unknown demo setting; the shapes demo takes: demo.clips, ")):
+        assert main(["train", "--recipe", "shapes-demo", "--output", str(tmp_path / "x"), "--set", bad]) == 2
+        assert capsys.readouterr().err.startswith(f"tarsier: error: {message}")
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(not (ASSETS / "shapes-demo" / "config.json").is_file(), reason="the shipped demo model is not built")

@@ -112,3 +112,21 @@ def test_out_of_memory_becomes_advice(fast_checkpoint, mixture_files, tmp_path, 
     monkeypatch.setattr(TarsierForConditionalGeneration, "forward", exhausted)
     with pytest.raises(TarsierError, match=r"out of memory at step 1 .*model.gradient_checkpointing=true, lower train.micro_batch_size"):
         train(make_config(fast_checkpoint, mixture_files), tmp_path / "run", progress=False)
+
+
+def test_a_malformed_json_line_is_skipped_reported_and_counted_by_the_cli(fast_checkpoint, clip_folder, tmp_path, capsys):
+    good = "".join(json.dumps(chat(str(clip_folder / "red.mp4"), "Q", "A")) + "\n" for _ in range(9))
+    path = tmp_path / "data.jsonl"
+    path.write_text(good + '{"media": "red.mp4", "messages": [\n')  # a line cut short
+    config = make_config(fast_checkpoint, [path], "train.max_steps=1", "data.max_bad_fraction=0.2")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config.to_yaml())
+    assert main(["train", "--config", str(config_file), "--output", str(tmp_path / "run"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "data: data: 9 items (1 skipped)" in err and f"data: skipped {path}:10: not valid JSON (" in err
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    # Over the cap: one line naming the count, the cap and the first bad line.
+    assert main(["train", "--config", str(config_file), "--set", "data.max_bad_fraction=0.05", "--output", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"tarsier: error: 1 of 10 data lines are unusable (10.0%), more than data.max_bad_fraction=0.05; first: {path}:10: not valid JSON")

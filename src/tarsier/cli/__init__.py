@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Sub-command modules under tarsier.cli, in the order `tarsier --help` lists them.
@@ -20,10 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe videos with Tarsier video-language models, evaluate them, and train them.",
         epilog="Run 'tarsier COMMAND --help' for the options of each command.",
     )
+    parser.add_argument("--version", action="version", version=f"tarsier {package_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"tarsier.cli.{name}").register(subparsers)
     return parser
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tarsier-vlm")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tarsier: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`tarsier ... | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when exiting
+        return 141
 
 
 if __name__ == "__main__":

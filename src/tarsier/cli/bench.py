@@ -37,8 +37,11 @@ frames) or the media file VIDEO_ROOT/VID.* (mp4, webm, mkv, gif, ...); relative 
 lists of frame files are taken from the video root. Missing videos stop the run before the model is
 loaded (with a count and examples) unless --skip-missing is given.
 Output: OUTPUT_DIR/predictions.jsonl (or predictions.shard-K-of-N.jsonl): each annotation line with
-"text.prediction", "key", "error", "frame_indices", "seconds". A rerun resumes; failed items are
-recorded and skipped on resume unless --retry-errors.
+"text.prediction", "key", "fingerprint", "error", "frame_indices", "seconds". A rerun resumes:
+items already predicted are skipped unless their video, prompt, window or --max-frames changed
+(the fingerprint), in which case they run again and the new line replaces the old one; failed items
+are recorded and skipped on resume unless --retry-errors. A second process on the same output file
+is refused while the first runs.
 """
 
 
@@ -97,7 +100,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     runner.add_argument("--batch-size", type=int, default=1, help="items generated together (default: 1)")
     runner.add_argument("--num-workers", type=int, default=2, help="background threads decoding videos (default: 2)")
-    runner.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(runner)
     add_generation_options(runner)
     runner.set_defaults(run=run_bench)
@@ -148,15 +150,18 @@ def video_roots(values: list[str]) -> dict[str | None, Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import datetime
-
     from tarsier.errors import TarsierError
     from tarsier.eval import runner
     from tarsier.eval.annotations import VideoResolver, load_annotations, require_items
     from tarsier.eval.benchmarks import resolve_benchmarks
+    from tarsier.jsonl import OutputLock
 
     if args.batch_size < 1:
         raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise TarsierError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if not args.dry_run:
+        check_model_options(args)
     settings = runner.RunSettings(
         output_dir=Path(args.output_dir),
         num_shards=args.num_shards,
@@ -165,12 +170,25 @@ def run_bench(args: argparse.Namespace) -> int:
         skip_missing=args.skip_missing,
         retry_errors=args.retry_errors and not args.dry_run,
         progress=not args.no_progress,
+        max_frames=args.max_frames,
     )
     benchmarks = resolve_benchmarks(args.benchmarks) if args.benchmarks else None
     selection = load_annotations(args.annotations, benchmarks)
     for name in require_items(selection, "annotation items"):
         print(f"warning: no annotation items for {name} in these files", file=sys.stderr)
     resolver = VideoResolver(video_roots(args.video_root))
+    if args.dry_run:
+        return bench(args, settings, selection, resolver)
+    with OutputLock(settings.output):  # one process per output; also proves it is writable before loading
+        return bench(args, settings, selection, resolver)
+
+
+def bench(args: argparse.Namespace, settings, selection, resolver) -> int:
+    """Plan and run; the caller holds the output's lock (except for a dry run, which writes nothing)."""
+    import datetime
+
+    from tarsier.eval import runner
+
     work = runner.plan(selection, resolver, settings)
     for counts_name, counts in work.counts.items():
         shard = f" in shard {args.shard_index}/{args.num_shards}" if args.num_shards > 1 else ""
@@ -187,11 +205,22 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     if work.retried:
         print(f"retrying {work.retried} failed item(s)", file=sys.stderr)
+    if work.changed:
+        print(
+            f"{work.changed} item(s) were predicted before with another video, prompt, window or --max-frames; "
+            "running them again (the new prediction replaces the old one)",
+            file=sys.stderr,
+        )
+    if work.failed_before:
+        print(
+            f"{work.failed_before} done item(s) failed in an earlier run (their errors are in {settings.output}); "
+            "rerun with --retry-errors to try them again",
+            file=sys.stderr,
+        )
     if args.dry_run or not work.todo:
         if not work.todo:
             print(f"nothing to run; predictions are in {settings.output}", file=sys.stderr)
         return 0
-    check_model_options(args)
     from tarsier.inference import Describer
 
     generation = generation_from_args(args)
@@ -203,6 +232,7 @@ def run_bench(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         generation=generation,
+        progress=not args.no_progress,
     )
     started = datetime.datetime.now(datetime.timezone.utc).isoformat()
     ok, failed = runner.run(work, describer, settings)

@@ -7,18 +7,27 @@ import sys
 from pathlib import Path
 
 from tarsier.cli.inputs import MediaInput, expand_paths, read_input_list
-from tarsier.cli.options import add_generation_options, add_model_options, check_model_options, generation_from_args
+from tarsier.cli.options import (
+    add_generation_options,
+    add_model_options,
+    add_prompt_option,
+    check_model_options,
+    generation_from_args,
+)
 from tarsier.errors import TarsierError
 
 EXAMPLES = """examples:
   tarsier caption videos/ --output captions.jsonl --batch-size 8
   tarsier caption list.txt --output captions.jsonl          # one path per line
-  tarsier caption items.jsonl --output captions.jsonl       # {"path": ..., "prompt": ..., "start_time": ..., "end_time": ...}
+  tarsier caption items.jsonl --output captions.jsonl       # {"path": ..., "prompt": ..., "start_time": ..., "end_time": ..., "id": ...}
   tarsier caption videos/ --output captions.jsonl --retry-errors
 
-Each output line: {"path", "prompt", "text", "frames", "total_frames", "decode_seconds",
-"generate_seconds", "error", "model"}. Rerunning with the same --output skips every path already
-written, so an interrupted job continues where it stopped; a crash never leaves a torn line.
+Each output line: {"key", "path", "id", "prompt", "start_time", "end_time", "text", "frames",
+"total_frames", "decode_seconds", "generate_seconds", "error", "model"}. "key" identifies the item by
+everything that changes its caption (path, prompt, time window, --max-frames), so one video listed
+with three windows or two prompts is three or two items. Rerunning with the same --output skips every
+key already written, so an interrupted job continues where it stopped; a crash never leaves a torn
+line, and a second process on the same output is refused while the first runs.
 """
 
 
@@ -33,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="INPUT_DIR_OR_LIST", help="folder of media, or a .txt / .jsonl list of paths")
     parser.add_argument("--output", "-o", required=True, help="JSONL file to append results to")
-    parser.add_argument("--prompt", default=None, help="instruction for every item that has none (default: describe in detail)")
+    add_prompt_option(parser, "instruction for every item that has none (default: describe in detail)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos generated together (default: 4)")
     parser.add_argument("--num-workers", type=int, default=2, help="background threads decoding frames (default: 2)")
     parser.add_argument("--recursive", action="store_true", help="include media in sub-folders of INPUT")
@@ -55,39 +64,105 @@ def collect_inputs(source: str, recursive: bool) -> list[MediaInput]:
     raise TarsierError(f"{source}: expected a folder or a .txt/.jsonl list of media paths")
 
 
+def check_job_options(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise TarsierError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if args.limit is not None and args.limit < 1:
+        raise TarsierError(f"--limit must be at least 1, got {args.limit}")
+
+
+def unique_items(items: list[MediaInput], max_frames: int) -> dict[str, MediaInput]:
+    """Items by key, first occurrence kept: a repeated line is the same work, captioned once."""
+    by_key: dict[str, MediaInput] = {}
+    for item in items:
+        by_key.setdefault(item.key(max_frames), item)
+    if len(by_key) < len(items):
+        repeated = len(items) - len(by_key)
+        print(f"{repeated} input line(s) repeat an earlier one (same path, prompt and window); each is captioned once", file=sys.stderr)
+    return by_key
+
+
+def done_in(records: list[dict], items: dict[str, MediaInput]) -> set[str]:
+    """Keys of ``items`` that ``records`` already hold.
+
+    Records written before keys existed carry only a path: such a record stands for an item only
+    when exactly one input has that path (the one case the old path-keyed resume got right).
+    """
+    done = {record["key"] for record in records if record.get("key") in items}
+    legacy_paths = {record.get("path") for record in records if "key" not in record}
+    if legacy_paths:
+        per_path: dict[str, list[str]] = {}
+        for key, item in items.items():
+            per_path.setdefault(item.path, []).append(key)
+        done |= {keys[0] for path, keys in per_path.items() if path in legacy_paths and len(keys) == 1}
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
+    from tarsier.jsonl import OutputLock
+
+    check_model_options(args)
+    check_job_options(args)
+    output = Path(args.output)
+    items = collect_inputs(args.input, args.recursive)
+    for item in items:
+        item.prompt = item.prompt if item.prompt is not None else args.prompt
+    by_key = unique_items(items, args.max_frames)
+    with OutputLock(output):  # also proves OUTPUT is writable before the model loads
+        return caption(args, output, by_key)
+
+
+def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput]) -> int:
+    """The captioning run proper; the caller holds the output's lock."""
     from tqdm import tqdm
 
     from tarsier.inference import DescribeRequest, Describer
-    from tarsier.jsonl import JsonlAppender, done_keys, drop_records
+    from tarsier.jsonl import JsonlAppender, drop_records, read_records
 
-    check_model_options(args)
-    settings = generation_from_args(args)
-    output = Path(args.output)
-    items = collect_inputs(args.input, args.recursive)
     if args.retry_errors and output.exists():
         dropped = drop_records(output, lambda record: bool(record.get("error")))
         print(f"retrying {dropped} failed item(s)", file=sys.stderr)
-    done = done_keys(output, "path")
-    todo = [item for item in items if item.path not in done]
+    records = read_records(output)
+    done = done_in(records, by_key)
+    todo = [key for key in by_key if key not in done]
     if args.limit is not None:
         todo = todo[: args.limit]
-    already = sum(item.path in done for item in items)
-    print(f"{len(items)} inputs, {already} already in {output}, {len(todo)} to caption", file=sys.stderr)
+    print(f"{len(by_key)} inputs, {len(done)} already in {output}, {len(todo)} to caption", file=sys.stderr)
+    failed_before = sum(1 for r in records if r.get("error") and r.get("key") in done)
+    if failed_before:
+        print(
+            f"{failed_before} of them failed in an earlier run (their errors are in {output}); "
+            "rerun with --retry-errors to try them again",
+            file=sys.stderr,
+        )
     if not todo:
         return 0
     describer = Describer.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-        batch_size=args.batch_size, num_workers=args.num_workers, generation=settings,
+        batch_size=args.batch_size, num_workers=args.num_workers, generation=generation_from_args(args),
+        progress=not args.no_progress,
     )
-    requests = [DescribeRequest(i.path, i.path, i.prompt or args.prompt, i.start_time, i.end_time) for i in todo]
+    requests = [
+        DescribeRequest(key, by_key[key].path, by_key[key].prompt, by_key[key].start_time, by_key[key].end_time)
+        for key in todo
+    ]
     failed = 0
-    with JsonlAppender(output) as sink, tqdm(total=len(requests), unit="video", desc="captioning", file=sys.stderr) as bar:
+    with (
+        JsonlAppender(output) as sink,
+        tqdm(total=len(requests), unit="video", desc="captioning", file=sys.stderr, disable=args.no_progress) as bar,
+    ):
         for result in describer.run(requests):
+            item = by_key[result.key]
             sink.write(
                 {
-                    "path": result.key,
+                    "key": result.key,
+                    "path": item.path,
+                    "id": item.id,
                     "prompt": result.prompt,
+                    "start_time": item.start_time,
+                    "end_time": item.end_time,
                     "text": result.text,
                     "frames": result.frame_indices,
                     "total_frames": result.total_frames,
@@ -99,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
             )
             if result.error:
                 failed += 1
-                bar.write(f"tarsier: error: {result.error}")
+                where = "" if item.path in result.error else f"{item.path}: "
+                bar.write(f"tarsier: error: {where}{result.error}")
             bar.update(1)
     print(f"captioned {len(requests) - failed}, failed {failed} -> {output}", file=sys.stderr)
     return 1 if failed else 0

@@ -18,9 +18,17 @@ EXAMPLES = """examples:
   tarsier chat clip.mp4 --model ./my-checkpoint --max-new-tokens 128
   printf 'What happens?\\nWhat colour is the car?\\n' | tarsier chat clip.mp4
 
-Type a question and press Enter; an empty line or /exit (or Ctrl-D) ends the chat, /reset starts over.
-The video is encoded once: later turns reuse the model's cache instead of re-reading it.
+Type a question and press Enter (arrow keys and history work in a terminal). Commands:
+/help lists them, /reset starts over, /exit (or an empty line, or Ctrl-D) ends the chat; Ctrl-C
+stops a reply and ends the chat. The video is encoded once: later turns reuse the model's cache
+instead of re-reading it.
 """
+
+COMMANDS = {
+    "/help": "this list",
+    "/reset": "forget the conversation and start over (the video stays loaded)",
+    "/exit": "end the chat (so do an empty line and Ctrl-D)",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,34 +47,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tarsier.generation import ChatSession
+    check_model_options(args)
     from tarsier.media import media_kind
+
+    media_kind(args.path)  # a bad path fails before the model loads
+    from tarsier.generation import ChatSession
     from tarsier.runtime import load_pretrained
 
-    check_model_options(args)
-    media_kind(args.path)  # a bad path fails before the model loads
     settings = generation_from_args(args)
-    model, processor = load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames)
+    model, processor = load_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames, progress=not args.no_progress
+    )
     frames = processor.load_media(args.path, None, args.start, args.end)
     interactive = sys.stdin.isatty()
-    print(f"Chatting about {args.path} ({len(frames.images)} frames). Empty line or /exit to quit, /reset to start over.")
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+    print(f"Chatting about {args.path} ({len(frames.images)} frames). /help for commands, empty line or /exit to quit.")
     session = ChatSession(model, processor, frames, settings)
     while True:
-        if interactive:
-            sys.stdout.write("you> ")
-            sys.stdout.flush()
-        line = sys.stdin.readline()
-        question = line.strip()
-        if not line or not question or question == "/exit":
+        question = read_question(interactive)
+        if question is None or question in ("", "/exit", "/quit"):
             return 0
+        if question == "/help":
+            print("\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items()))
+            continue
         if question == "/reset":
             session = ChatSession(model, processor, frames, settings)
             print("(conversation reset)")
             continue
+        if question.startswith("/") and " " not in question:
+            print(f"unknown command {question}; /help lists the commands")
+            continue
         if not interactive:
             print(f"you> {question}")
         sys.stdout.write("tarsier> ")
-        for piece in session.ask(question):
-            sys.stdout.write(piece)
+        try:
+            for piece in session.ask(question):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        finally:  # also after Ctrl-C: end the partial reply's line
+            sys.stdout.write("\n")
             sys.stdout.flush()
-        sys.stdout.write("\n")
+
+
+def read_question(interactive: bool) -> str | None:
+    """The next question, stripped; None at end of input."""
+    if interactive:
+        try:
+            return input("you> ").strip()
+        except EOFError:
+            print()
+            return None
+    line = sys.stdin.readline()
+    return line.strip() if line else None

@@ -10,6 +10,7 @@ from tarsier.cli.inputs import expand_paths
 from tarsier.cli.options import (
     add_generation_options,
     add_model_options,
+    add_prompt_option,
     add_window_options,
     check_model_options,
     generation_from_args,
@@ -17,10 +18,13 @@ from tarsier.cli.options import (
 
 EXAMPLES = """examples:
   tarsier describe clip.mp4
-  tarsier describe clip.mp4 --prompt "<video>\\nWhat is the person holding?"
+  tarsier describe clip.mp4 --prompt "<video>\\nWhat is the person holding?"   # \\n: a line break
   tarsier describe videos/ --json > descriptions.jsonl
   tarsier describe long.mp4 --start 30 --end 45 --max-frames 16
   tarsier describe frames_dir/ --frames --model ./my-checkpoint --device cpu
+
+Exit status: 0 when every input was described, 1 when some failed (each is reported, and with
+--json each still gets its line), 2 for bad options or when a lone input cannot be read, 130 on Ctrl-C.
 """
 
 
@@ -35,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="video (.mp4 .avi .webm .mov .mkv .wmv), .gif, image, or folder")
-    parser.add_argument("--prompt", default=None, help='instruction; <video> stands for the frames (default: "<video>\\nDescribe the video in detail.")')
+    add_prompt_option(parser, 'instruction; <video> stands for the frames (default: "<video>\\nDescribe the video in detail.")')
     add_window_options(parser)
     parser.add_argument("--frames", action="store_true", help="treat each folder as one video of frame images")
     parser.add_argument("--recursive", action="store_true", help="look for media in sub-folders too")
@@ -47,24 +51,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tarsier.inference import DescribeRequest, Describer
-    from tarsier.media import media_kind
+    from tarsier.errors import MediaError, TarsierError
 
     check_model_options(args)
-    settings = generation_from_args(args)
+    if args.batch_size < 1:
+        raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
     items = expand_paths(args.paths, recursive=args.recursive, frame_folders=args.frames)
     if len(items) == 1:
-        media_kind(items[0].path)  # a lone bad input fails before the model loads
+        from tarsier.media import media_kind
+
+        try:
+            media_kind(items[0].path)  # a lone bad input fails before the model loads
+        except MediaError as exc:
+            if args.json:  # the record a script reading the JSON lines expects, then the usual exit code
+                print(json.dumps(_record(items[0].path, args.prompt, None, [], str(exc)), ensure_ascii=False))
+            raise
+    from tarsier.inference import DescribeRequest, Describer
+
     describer = Describer.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-        batch_size=args.batch_size, generation=settings,
+        batch_size=args.batch_size, generation=generation_from_args(args), progress=not args.no_progress,
     )
     requests = [DescribeRequest(item.path, item.path, args.prompt, args.start, args.end) for item in items]
     if len(requests) == 1 and not args.json:
-        for piece in describer.stream(requests[0]):
-            sys.stdout.write(piece)
+        try:
+            for piece in describer.stream(requests[0]):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        finally:  # also after Ctrl-C: end the partial line so the shell prompt starts on its own
+            sys.stdout.write("\n")
             sys.stdout.flush()
-        sys.stdout.write("\n")
         return 0
     failed = 0
     for result in describer.run(requests):
@@ -72,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             print(f"tarsier: error: {result.error}", file=sys.stderr)
         if args.json:
-            record = {"path": result.key, "prompt": result.prompt, "text": result.text, "frames": result.frame_indices, "error": result.error}
-            print(json.dumps(record, ensure_ascii=False), flush=True)
+            print(json.dumps(_record(result.key, result.prompt, result.text, result.frame_indices, result.error), ensure_ascii=False), flush=True)
         elif not result.error:
             print(f"== {result.key}\n{result.text}\n", flush=True)
     return 1 if failed else 0
 
+
+def _record(path: str, prompt: str | None, text: str | None, frames: list[int], error: str | None) -> dict:
+    return {"path": path, "prompt": prompt, "text": text, "frames": frames, "error": error}

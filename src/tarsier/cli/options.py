@@ -1,10 +1,39 @@
-"""Options shared by the commands that load a model and generate."""
+"""Options shared by the commands that load a model and generate.
+
+Everything here is checked without importing torch, so a mistyped option fails in a fraction of a
+second instead of after the multi-second import of torch and transformers.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from tarsier.checkpoints import DEFAULT_MODEL
+
+
+def prompt_text(value: str) -> str:
+    """``--prompt`` value with ``\\n`` read as a line break, as the reference prompts need it.
+
+    In bash, ``"<video>\\nWhat ..."`` passes a backslash and an ``n``; without this the model would
+    see different text from the reference prompt. (A literal backslash-n is written ``\\\\n``.)
+    """
+    out, index = [], 0
+    while index < len(value):
+        pair = value[index : index + 2]
+        if pair == "\\n":
+            out.append("\n")
+            index += 2
+        elif pair == "\\\\":
+            out.append("\\")
+            index += 2
+        else:
+            out.append(value[index])
+            index += 1
+    return "".join(out)
+
+
+def add_prompt_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--prompt", type=prompt_text, default=None, help=help_text + r" (\n in the text is a line break)")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +46,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: cuda if available, else cpu)")
     group.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: bf16 on GPU, fp32 on CPU)")
     group.add_argument("--max-frames", type=int, default=8, help="frames sampled per video, first and last included (default: 8)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars (model loading, batches)")
 
 
 def add_window_options(parser: argparse.ArgumentParser) -> None:
@@ -38,11 +68,15 @@ def generation_from_args(args: argparse.Namespace):
 
 
 def check_model_options(args: argparse.Namespace) -> None:
-    """Reject a bad --device/--dtype/--max-frames before spending time loading a model."""
+    """Reject bad model and generation options before anything heavy is imported or loaded."""
     from tarsier.errors import TarsierError
-    from tarsier.runtime import resolve_device, resolve_dtype
+    from tarsier.runtime import check_device_name, check_dtype_name
 
-    device = resolve_device(args.device)
-    resolve_dtype(args.dtype, "cuda" if device == "auto" else device)
+    check_device_name(args.device)
+    check_dtype_name(args.dtype)
     if args.max_frames < 1:
         raise TarsierError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if getattr(args, "start", None) is not None and getattr(args, "end", None) is not None and args.end <= args.start:
+        raise TarsierError(f"--end ({args.end}) must be after --start ({args.start})")
+    if hasattr(args, "max_new_tokens"):
+        generation_from_args(args)  # validates the numbers

@@ -17,11 +17,20 @@ EXAMPLES = """examples:
   tarsier train --config stage1.yaml --output runs/stage1 --resume auto   # continue after a stop
   torchrun --nproc_per_node 8 -m tarsier.cli.train --config stage1.yaml --output runs/stage1
   tarsier train --recipe shapes-demo --output runs/shapes             # tiny model, CPU, minutes
+  tarsier train --recipe shapes-demo --output runs/try --set train.max_steps=3   # smoke run, well under a minute
+
+Training needs a start model: model.llava, model.checkpoint or model.vision + model.language (stage1
+leaves model.llava to you). --print-config prints a commented template even before it is set.
+shapes-demo generates data sized to the run (the default: 2000 training and 100 held-out clips, stage 0:
+1500 steps on frames of 600 clips; fewer steps, less data); set sizes with --set demo.clips=N,
+demo.held_out_clips=N, demo.vision_steps=N, demo.vision_clips=N.
 
 Data: JSONL, one conversation per line, e.g.
   {"media": "clips/a.mp4", "task": "caption", "messages": [{"role": "user", "content": "<video>\\nDescribe the video."},
    {"role": "assistant", "content": "A man opens a door."}]}
 Task files in their own shape (captions, QA, actions, tracking, ...) are read by the source's adapter.
+Unusable lines (not JSON, bad fields, missing media) are skipped and reported as FILE:LINE; more than
+data.max_bad_fraction of them (default 0.01) stops the run.
 The final model is written to OUTPUT in the official layout (tarsier describe --model OUTPUT);
 OUTPUT/checkpoint-N/ hold resumable checkpoints, OUTPUT/train_log.jsonl the loss and throughput.
 """
@@ -44,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override a config value, e.g. --set optim.lr=1e-5 (repeatable; values are YAML)")
     parser.add_argument("--output", "-o", help="folder for the final model, checkpoints and logs")
     parser.add_argument("--resume", metavar="auto|CHECKPOINT", help="continue from OUTPUT's newest checkpoint (auto) or from CHECKPOINT")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as a commented YAML template (the start model may still be unset) and exit")
     parser.add_argument("--init-only", action="store_true", help="only assemble the start model (OUTPUT/init) and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     parser.set_defaults(run=run)
@@ -53,13 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tarsier.errors import TarsierError
 
+    if args.no_progress and not args.print_config:  # also the bars transformers shows while loading weights
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     if args.recipe == "shapes-demo":
         return run_shapes_demo(args)
     from tarsier.train.config import load_config
 
-    config = load_config(args.config, args.recipe, args.overrides)
+    # A printed config is a template: the start model and data may still be left to fill in.
+    config = load_config(args.config, args.recipe, args.overrides, complete=not args.print_config)
     if args.print_config:
-        sys.stdout.write(config.to_yaml())
+        sys.stdout.write(config.to_template())
         return 0
     if not args.output:
         raise TarsierError("--output is required: the folder for the model, checkpoints and logs")
@@ -83,11 +97,23 @@ def run_shapes_demo(args: argparse.Namespace) -> int:
     if args.init_only or args.resume:
         raise TarsierError("the shapes-demo recipe always runs end to end (no --init-only / --resume)")
     if args.print_config:
-        for config in shapes_demo.stage_configs(args.output or "OUTPUT", args.overrides):
+        configs = shapes_demo.stage_configs(args.output or "OUTPUT", args.overrides)
+        sizes = shapes_demo.demo_sizes(configs, shapes_demo.split_overrides(args.overrides)[1])
+        sys.stdout.write(f"# shapes-demo data: {shapes_demo.describe_sizes(sizes)} (--set demo.clips=N, ...)\n")
+        for config in configs:
             sys.stdout.write(f"# --- {config.stage} ---\n{config.to_yaml()}")
         return 0
     if not args.output:
         raise TarsierError("--output is required: the folder for the data, both stages and the report")
+    from pathlib import Path
+
+    shapes_demo.stage_configs(args.output, args.overrides)  # a bad --set is reported before anything is written
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise TarsierError(f"{args.output}: is a file; --output names a folder")
+    try:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TarsierError(f"{args.output}: cannot create the output folder ({exc.strerror or exc})") from None
     shapes_demo.run_demo(args.output, overrides=args.overrides, progress=not args.no_progress)
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from tarsier.errors import TarsierError
 from tarsier.eval.annotations import Item, Missing, Selection, VideoResolver
-from tarsier.jsonl import JsonlAppender, done_keys, drop_records
+from tarsier.jsonl import JsonlAppender, drop_records, fingerprint, read_records
 
 T = TypeVar("T")
 SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)\.jsonl$")
@@ -44,6 +44,7 @@ class RunSettings:
     skip_missing: bool = False  # run without items whose video is missing instead of stopping
     retry_errors: bool = False  # drop failed records from the output and run those items again
     progress: bool = True
+    max_frames: int = 8  # part of each item's fingerprint: predictions made with other frames are redone
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
@@ -92,6 +93,8 @@ class Plan:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # benchmark -> shard/done/missing/todo
     missing: list[Missing] = field(default_factory=list)
     retried: int = 0
+    changed: int = 0  # predicted before with another video, prompt, window or frame count: run again
+    failed_before: int = 0  # done, but recorded as failed (``--retry-errors`` runs them again)
 
 
 def _missing_line(missing: list[Missing], total: int) -> str:
@@ -99,6 +102,17 @@ def _missing_line(missing: list[Missing], total: int) -> str:
     per_benchmark = ", ".join(f"{m.benchmark}: {len(m.items)} of {m.total}" for m in missing)
     examples = "; ".join(f"{key} -> {path}" for m in missing for key, path in m.items[:SHOW_MISSING])
     return f"{count} of {total} videos not found ({per_benchmark}; e.g. {examples})"
+
+
+def item_fingerprint(item: Item, media: str | list[str], max_frames: int) -> str:
+    """Everything besides the model that changes an item's prediction; stored with the prediction."""
+    return fingerprint(
+        media=media,
+        prompt=item.prompt,
+        start_time=item.record.get("start_time"),
+        end_time=item.record.get("end_time"),
+        max_frames=max_frames,
+    )
 
 
 def plan(selection: Selection, resolver: VideoResolver, settings: RunSettings) -> Plan:
@@ -112,7 +126,8 @@ def plan(selection: Selection, resolver: VideoResolver, settings: RunSettings) -
             )
     if settings.retry_errors and settings.output.exists():
         result.retried = drop_records(settings.output, lambda record: bool(record.get("error")))
-    done = done_keys(settings.output, "key")
+    # The last record of an item wins, as when predictions are read for evaluation.
+    recorded = {record["key"]: record for record in read_records(settings.output) if "key" in record}
     total = 0
     for name, items in selection.items.items():
         if settings.limit is not None:
@@ -122,10 +137,15 @@ def plan(selection: Selection, resolver: VideoResolver, settings: RunSettings) -
         missing = Missing(name, len(mine))
         counts = {"shard": len(mine), "done": 0, "missing": 0, "todo": 0}
         for item in mine:
-            if item.key in done:
-                counts["done"] += 1
-                continue
             media, looked_for = resolver.resolve(item)
+            record = recorded.get(item.key)
+            if record is not None:
+                stored = record.get("fingerprint")  # absent in files written before fingerprints
+                if media is None or stored is None or stored == item_fingerprint(item, media, settings.max_frames):
+                    counts["done"] += 1
+                    result.failed_before += bool(record.get("error"))
+                    continue
+                result.changed += 1
             if media is None:
                 missing.items.append((item.key, looked_for))
                 counts["missing"] += 1
@@ -142,12 +162,13 @@ def plan(selection: Selection, resolver: VideoResolver, settings: RunSettings) -
     return result
 
 
-def prediction_record(item: Item, media: str | list[str], result: Any) -> dict[str, Any]:
+def prediction_record(item: Item, media: str | list[str], result: Any, max_frames: int) -> dict[str, Any]:
     """The annotation line plus what inference produced for it."""
     record = dict(item.record)
     record["video_file"] = media
     record["text"] = {**item.text, "prompt": item.prompt, "prediction": result.text if not result.error else None}
     record["key"] = item.key
+    record["fingerprint"] = item_fingerprint(item, media, max_frames)
     record["error"] = result.error or (None if result.text is not None else "the model returned no text")
     record["frame_indices"] = list(result.frame_indices)
     record["total_frames"] = getattr(result, "total_frames", None)
@@ -181,7 +202,7 @@ def run(work: Plan, describer: DescriberLike, settings: RunSettings) -> tuple[in
     ):
         for result in describer.run(requests):
             item, media = by_key[result.key]
-            record = prediction_record(item, media, result)
+            record = prediction_record(item, media, result, settings.max_frames)
             sink.write(record)
             if record["error"]:
                 failed += 1

@@ -14,6 +14,8 @@ padding, position ids, labels and the KV cache need no special handling for imag
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, GenerationMixin, LlamaForCausalLM, PreTrainedModel
@@ -22,6 +24,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 
+from tarsier.checkpoints import bundled_or_given
 from tarsier.errors import TarsierError
 from tarsier.model.configuration_tarsier import TarsierConfig
 
@@ -97,6 +100,11 @@ class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.post_init()
 
     # -- embeddings plumbing (used by generation, resizing and training code) --------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> TarsierForConditionalGeneration:
+        """As transformers', and also by the name of a bundled model (``shapes-demo``), like the processor."""
+        return super().from_pretrained(bundled_or_given(pretrained_model_name_or_path), *args, **kwargs)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.get_input_embeddings()
 

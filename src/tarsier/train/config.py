@@ -121,6 +121,23 @@ class StageConfig:
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
 
+    def to_template(self) -> str:
+        """:meth:`to_yaml` with comments saying what to fill in (``--print-config``); loads back the same."""
+        lines = [f"# tarsier train config ({self.stage}); every key with its value. See docs/training.md.",
+                 "# Training needs a start model: exactly one of model.checkpoint, model.llava, or model.vision + model.language.",
+                 "# Data paths are relative to the working directory. Run: tarsier train --config THIS_FILE --output DIR"]
+        unset = not (self.model.checkpoint or self.model.llava or self.model.vision or self.model.language)
+        section = None
+        for line in self.to_yaml().splitlines():
+            if line and not line.startswith(" "):
+                section = line.split(":", 1)[0]
+            key = line.strip().split(":", 1)[0]
+            if section == "model" and line.startswith("  ") and not line.startswith("   ") and key in START_KEYS:
+                required = unset and key == suggested_start(self)
+                lines.append(f"  # {'REQUIRED (or another start): ' if required else 'start from '}{START_KEYS[key]}")
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
     @property
     def global_batch(self) -> int:
         """Samples per optimizer step in one process (times the number of processes)."""
@@ -141,8 +158,15 @@ RESUMABLE_KEYS = {
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load_config(path: str | Path | None = None, recipe: str | None = None, overrides: list[str] = ()) -> StageConfig:
-    """A validated config from a YAML file or a built-in recipe, with ``key=value`` overrides applied."""
+def load_config(
+    path: str | Path | None = None, recipe: str | None = None, overrides: list[str] = (), complete: bool = True
+) -> StageConfig:
+    """A validated config from a YAML file or a built-in recipe, with ``key=value`` overrides applied.
+
+    ``complete=False`` accepts a template: the settings a user must fill in (the start model, the
+    data sources) may still be missing; every value that is given is checked all the same. This is
+    what ``--print-config`` prints; training needs ``complete=True``.
+    """
     from tarsier.train.recipes import RECIPES
 
     if (path is None) == (recipe is None):
@@ -155,7 +179,7 @@ def load_config(path: str | Path | None = None, recipe: str | None = None, overr
         data, where = read_yaml(Path(path)), str(path)
     for override in overrides:
         apply_override(data, override)
-    return config_from_dict(data, where)
+    return config_from_dict(data, where, complete)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -183,9 +207,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any], where: str) -> StageConfig:
+def config_from_dict(data: dict[str, Any], where: str, complete: bool = True) -> StageConfig:
     config = _build(StageConfig, data, "", where)
-    validate(config, where)
+    validate(config, where, complete)
     return config
 
 
@@ -247,18 +271,41 @@ def _convert(hint: Any, value: Any, key: str, where: str) -> Any:
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 
-def validate(config: StageConfig, where: str) -> None:
-    """Range and consistency checks, each naming the key at fault."""
+# What each way to start takes, for the missing-start error and the comments of a printed config.
+START_KEYS = {
+    "checkpoint": "a Tarsier checkpoint folder or hub id (e.g. runs/stage1; fine-tuning, stage 2)",
+    "llava": "a LLaVA-1.6 folder in the HF layout (e.g. models/llava-v1.6-vicuna-7b-hf; stage 1)",
+    "vision": "a CLIP vision model folder, together with model.language",
+    "language": "a Llama / Vicuna folder, together with model.vision (the projector then starts random)",
+}
+
+
+def suggested_start(config: StageConfig) -> str:
+    """The start key a stage is normally given: LLaVA for stage 1, a checkpoint otherwise."""
+    return "llava" if config.stage == "stage1" else "checkpoint"
+
+
+def validate(config: StageConfig, where: str, complete: bool = True) -> None:
+    """Range and consistency checks, each naming the key at fault.
+
+    With ``complete=False`` (a template to print) the settings still to be filled in may be
+    missing: the start model and the data sources.
+    """
 
     def fail(key: str, problem: str) -> None:
         raise TarsierError(f"{where}: '{key}' {problem}")
 
     model = config.model
     starts = [name for name in ("checkpoint", "llava", "vision") if getattr(model, name)]
-    if model.vision and not model.language or model.language and not model.vision:
+    if complete and (model.vision and not model.language or model.language and not model.vision):
         fail("model.vision" if not model.vision else "model.language", "is required with the other (CLIP + Llama components)")
-    if len(starts) != 1:
-        fail("model", "needs exactly one start: checkpoint, llava, or vision + language" + (f" (got {', '.join(starts)})" if starts else ""))
+    if len(starts) > 1:
+        fail("model", f"needs exactly one start: checkpoint, llava, or vision + language (got {', '.join(starts)})")
+    if complete and not starts and not model.language:
+        key = suggested_start(config)
+        other = "llava" if key == "checkpoint" else "checkpoint"
+        fail(f"model.{key}", f"is not set: training needs a start model; set it in the config file or with --set model.{key}=PATH, "
+             f"where PATH is {START_KEYS[key]}; or start from model.{other}, or model.vision + model.language")
     lora = model.lora
     if lora.enabled and (lora.r < 1 or lora.alpha <= 0):
         fail("model.lora.r", f"and alpha must be positive (r={lora.r}, alpha={lora.alpha})")
@@ -266,7 +313,7 @@ def validate(config: StageConfig, where: str) -> None:
         fail("model.lora.dropout", f"must be in [0, 1), got {lora.dropout}")
 
     data = config.data
-    if not data.sources:
+    if complete and not data.sources:
         fail("data.sources", "must list at least one JSONL file")
     from tarsier.train.adapters import ADAPTERS
 

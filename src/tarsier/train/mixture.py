@@ -1,7 +1,8 @@
 """A mixture of JSONL sources with sampling weights, and the order samples are drawn in.
 
 Loading reads every source through its adapter, resolves media paths and drops lines that
-cannot be used (bad fields, missing media files), counting them; too many abort the run.
+cannot be used (not JSON, not an object, bad fields, missing media files), counting them with
+their ``file:line``; more than ``data.max_bad_fraction`` of all lines abort the run.
 
 The draw order is a pure function of the seed: position ``p`` of the schedule names one item, the
 source chosen with probability proportional to its weight, and items of a source taken in a
@@ -14,16 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from tarsier.errors import TarsierError
-from tarsier.jsonl import iter_jsonl
 from tarsier.train.adapters import ADAPTERS
 from tarsier.train.config import DataSettings, SourceSettings
 from tarsier.train.data import TrainingItem, parse_item
@@ -105,6 +107,54 @@ class Mixture:
             for s in self.sources
         ]
 
+    def skipped(self, limit: int = 5) -> list[str]:
+        """``file:line: reason`` of the lines dropped at load, the first ``limit`` of each source."""
+        lines = []
+        for source in self.sources:
+            lines += source.bad[:limit]
+            if len(source.bad) > limit:
+                lines.append(f"... and {len(source.bad) - limit} more lines of {source.name}")
+        return lines
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line number, record, None)`` for each non-blank line that is a JSON object, and
+    ``(line number, None, problem)`` for each that is not (bad UTF-8, not JSON, not an object).
+
+    Unlike :func:`tarsier.jsonl.iter_jsonl`, a bad line does not stop the reading: training counts
+    it against ``data.max_bad_fraction`` like any other unusable line.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise TarsierError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError:
+                yield number, None, "not UTF-8 text"
+                continue
+            except json.JSONDecodeError as exc:
+                yield number, None, f"not valid JSON ({exc.msg}: column {exc.colno})"
+                continue
+            except RecursionError:
+                yield number, None, "not valid JSON (nested too deeply)"
+                continue
+            if not isinstance(record, dict):
+                yield number, None, f"expected a JSON object, got {_json_kind(record)}"
+                continue
+            yield number, record, None
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
 
 def load_source(settings: SourceSettings, default_frames: int, items: PackedItems) -> LoadedSource:
     """Read one source, appending its usable items to ``items``."""
@@ -115,13 +165,19 @@ def load_source(settings: SourceSettings, default_frames: int, items: PackedItem
     adapter = ADAPTERS[settings.adapter]
     n_frames = settings.n_frames or default_frames
     source = LoadedSource(settings.name or path.stem, settings.weight, n_frames, 0, 0)
-    for number, record in iter_jsonl(path):
+    for number, record, problem in read_lines(path):
         where = f"{path}:{number}"
         source.lines += 1
+        if problem is not None:
+            source.bad.append(f"{where}: {problem}")
+            continue
         try:
             item = parse_item(adapter(record, where, n_frames), where, media_root)
         except TarsierError as exc:
             source.bad.append(f"{where}: {exc}")
+            continue
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # a field of the wrong kind
+            source.bad.append(f"{where}: unusable for the {settings.adapter} adapter ({type(exc).__name__}: {exc})")
             continue
         missing = item.missing_media()
         if missing is not None:

@@ -14,6 +14,12 @@
    descriptions, questions), through the same trainer and data path as the real recipes;
 4. score the start model and both stages on the held-out clips and write ``DIR/report.json``.
 
+How much is generated follows the run's size (:func:`demo_sizes`): the default run (700 steps of
+16 samples per stage) generates 2,000 training clips, 100 held-out clips and pre-trains the ViT
+for 1,500 steps on frames of 600 clips; a shorter run (``--set train.max_steps=3``) gets
+proportionally less, down to a small minimum, and ``--set demo.clips=N`` (``demo.held_out_clips``,
+``demo.vision_steps``, ``demo.vision_clips``) sets a size directly.
+
 Stage 0 stands in for the pretrained CLIP the real recipe starts from: each patch token of the
 tiny ViT learns the colour of the ball on it, which way its motion blur points and whether the
 background is smeared, from generated frames only. Then the ViT is frozen, as in the real recipe,
@@ -37,6 +43,7 @@ from typing import Any
 
 import torch
 
+from tarsier.errors import TarsierError
 from tarsier.train.config import StageConfig, apply_override, config_from_dict
 
 # Tokenizer pieces: a word or any other character, each with the space that follows it. Spaces
@@ -74,9 +81,69 @@ STAGE1_TASKS = [  # (file, adapter, weight)
 STAGE2_TASKS = [("detailed", "chat", 4.0), ("short", "chat", 1.0), ("open_qa", "open_qa", 1.0), ("perception_qa", "open_qa", 1.0)]
 
 
-def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[int, int] = (700, 700)) -> list[StageConfig]:
-    """The two demo stages; ``overrides`` (``key=value``) apply to both."""
+DEFAULT_STEPS = (700, 700)  # optimizer steps of stage 1 and stage 2
+DEFAULT_BATCH = 16  # samples per step (train.micro_batch_size, no accumulation)
+# What the full demo generates (the shipped model was made with these) and the least a small run gets.
+DEMO_SIZES = {"clips": 2000, "held_out_clips": 100, "vision_steps": 1500, "vision_clips": 600}
+MIN_SIZES = {"clips": 32, "held_out_clips": 8, "vision_steps": 30, "vision_clips": 40}
+LEAST = {"clips": 8, "held_out_clips": 1, "vision_steps": 1, "vision_clips": 10}  # what --set demo.KEY accepts
+DEMO_KEYS = {
+    "clips": "training clips generated",
+    "held_out_clips": "held-out clips the models are scored on",
+    "vision_steps": "stage-0 steps pre-training the ViT",
+    "vision_clips": "clips whose frames stage 0 learns from",
+}
+
+
+def split_overrides(overrides: list[str] = ()) -> tuple[list[str], dict[str, int]]:
+    """Stage-config overrides, and the demo's own sizes (``demo.clips=N``, ...) as a mapping."""
+    import yaml
+
+    stage, demo = [], {}
+    for override in overrides:
+        key, _, raw = override.partition("=")
+        if not key.strip().startswith("demo."):
+            stage.append(override)
+            continue
+        name = key.strip().removeprefix("demo.")
+        if name not in DEMO_KEYS:
+            raise TarsierError(f"--set {key.strip()}: unknown demo setting; the shapes demo takes: "
+                               + ", ".join(f"demo.{k}" for k in DEMO_KEYS))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, bool) or not isinstance(value, int) or value < LEAST[name]:
+            raise TarsierError(f"--set demo.{name}: must be an integer >= {LEAST[name]} ({DEMO_KEYS[name]}), got {raw.strip()!r}")
+        demo[name] = value
+    return stage, demo
+
+
+def demo_sizes(configs: list[StageConfig], settings: dict[str, int] | None = None) -> dict[str, int]:
+    """How much the demo generates for a run of these stages.
+
+    The full sizes (:data:`DEMO_SIZES`) when the longer stage draws at least as many samples as a
+    default stage (700 steps of 16), else that share of them, at least :data:`MIN_SIZES`: a
+    3-step smoke run does not wait for 2,000 clips. ``settings`` (``demo.KEY``) are used as given.
+    """
+    full = max(DEFAULT_STEPS) * DEFAULT_BATCH
+    samples = max(config.train.max_steps * config.global_batch for config in configs)
+    share = min(1.0, samples / full)
+    sizes = {key: max(MIN_SIZES[key], math.ceil(value * share)) for key, value in DEMO_SIZES.items()}
+    sizes.update(settings or {})
+    return sizes
+
+
+def describe_sizes(sizes: dict[str, int]) -> str:
+    return (f"{sizes['clips']} training clips, {sizes['held_out_clips']} held-out clips, stage 0: "
+            f"{sizes['vision_steps']} steps on frames of {sizes['vision_clips']} clips")
+
+
+def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[int, int] = DEFAULT_STEPS) -> list[StageConfig]:
+    """The two demo stages; ``overrides`` (``key=value``) apply to both (``demo.*`` ones are not
+    stage settings: see :func:`demo_sizes`)."""
     output = Path(output)
+    overrides, _ = split_overrides(overrides)
     data = output / "data"
 
     def stage(name: str, start: str, tasks: list[tuple[str, str, float]], lr: float, max_steps: int, save_dtype: str) -> StageConfig:
@@ -90,7 +157,7 @@ def stage_configs(output: str | Path, overrides: list[str] = (), steps: tuple[in
                 "num_workers": 1,
             },
             "optim": {"lr": lr, "warmup_ratio": 0.05, "min_lr_ratio": 0.1, "max_grad_norm": 1.0},
-            "train": {"max_steps": max_steps, "micro_batch_size": 16, "gradient_accumulation": 1, "seed": 0,
+            "train": {"max_steps": max_steps, "micro_batch_size": DEFAULT_BATCH, "gradient_accumulation": 1, "seed": 0,
                       "save_dtype": save_dtype, "log_every": 25, "save_every": 0, "keep_checkpoints": 1},
             "distributed": {"strategy": "ddp"},
         }
@@ -148,7 +215,8 @@ def write_tokenizer(folder: Path, texts: list[str]) -> int:
     return image_id
 
 
-def build_start_model(folder: Path, texts: list[str], seed: int = 0, vision_steps: int = 1500) -> Path:
+def build_start_model(folder: Path, texts: list[str], seed: int = 0, vision_steps: int = 1500, vision_clips: int = 600,
+                      progress: bool = False) -> Path:
     """The start model in the official layout: the demo tokenizer, a vision tower pre-trained on
     single frames (:func:`pretrain_vision`), a random projector and LLM."""
     from tarsier.model import TarsierConfig, TarsierForConditionalGeneration
@@ -185,7 +253,7 @@ def build_start_model(folder: Path, texts: list[str], seed: int = 0, vision_step
     }
     torch.manual_seed(seed)
     model = TarsierForConditionalGeneration(TarsierConfig(**config))
-    scores = pretrain_vision(model, seed, steps=vision_steps)
+    scores = pretrain_vision(model, seed, steps=vision_steps, pool_clips=vision_clips, progress=progress)
     (folder / "vision_pretraining.json").write_text(json.dumps(scores, indent=2) + "\n")
     write_weights(folder, model.state_dict(), torch.float32)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -194,7 +262,8 @@ def build_start_model(folder: Path, texts: list[str], seed: int = 0, vision_step
     return folder
 
 
-def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 64, pool_clips: int = 600) -> dict[str, float]:
+def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 64, pool_clips: int = 600,
+                    progress: bool = False) -> dict[str, float]:
     """Stage 0, the stand-in for CLIP pre-training: teach the tiny ViT what single frames show.
 
     The real recipe starts from a pretrained CLIP, whose patch features already say what is where
@@ -206,9 +275,13 @@ def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 6
     from the training or held-out clips. Returns held-out per-patch accuracies.
     """
     import numpy as np
+    from tqdm import tqdm
 
     from tarsier.processor import ImageSettings, clip_pixels
     from tarsier.train import shapes_world as world
+
+    def bar(total: int, desc: str, unit: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
     vision = model.vision_tower.vision_model
     config = model.config.vision_config
@@ -216,15 +289,17 @@ def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 6
     settings = ImageSettings(size=config.image_size, crop_size=config.image_size)
     rng = np.random.default_rng(seed + 7_000_001)
     pixels, colours, motions, smeared = [], [], [], []
-    for _ in range(pool_clips):
-        clip = world.random_clip(rng)
-        frames = world.render(clip)
-        for frame in rng.choice(world.FRAMES, 4, replace=False):
-            pixels.append(clip_pixels(frames[frame], settings))
-            colour, motion = world.patch_truth(clip, int(frame), grid)
-            colours.append(colour)
-            motions.append(motion)
-            smeared.append(np.full(grid * grid, int(clip.camera != "still")))
+    with bar(pool_clips, "stage 0 frames", "clip") as rendering:
+        for _ in range(pool_clips):
+            clip = world.random_clip(rng)
+            frames = world.render(clip)
+            for frame in rng.choice(world.FRAMES, 4, replace=False):
+                pixels.append(clip_pixels(frames[frame], settings))
+                colour, motion = world.patch_truth(clip, int(frame), grid)
+                colours.append(colour)
+                motions.append(motion)
+                smeared.append(np.full(grid * grid, int(clip.camera != "still")))
+            rendering.update(1)
     pixels, colours, motions, smeared = (torch.from_numpy(np.stack(x)) for x in (pixels, colours, motions, smeared))
     held_out = len(pixels) // 10
     sizes = (len(world.COLOURS) + 1, len(world.MOTIONS), 2)
@@ -239,14 +314,16 @@ def pretrain_vision(model, seed: int = 0, steps: int = 1500, batch_size: int = 6
 
     targets = (colours, motions, smeared)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        index = torch.randint(held_out, len(pixels), (batch_size,), generator=generator)
-        loss = sum(torch.nn.functional.cross_entropy(out.flatten(0, 1), target[index].flatten())
-                   for out, target in zip(logits(index), targets))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    with bar(steps, "stage 0 training", "step") as training:
+        for _ in range(steps):
+            index = torch.randint(held_out, len(pixels), (batch_size,), generator=generator)
+            loss = sum(torch.nn.functional.cross_entropy(out.flatten(0, 1), target[index].flatten())
+                       for out, target in zip(logits(index), targets))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            training.update(1)
     with torch.no_grad():
         colour, motion, smear = (out.argmax(-1) for out in logits(torch.arange(held_out)))
     balls, moving = colours[:held_out] > 0, motions[:held_out] != world.MOTIONS.index("still")
@@ -321,34 +398,49 @@ def run_demo(
     output: str | Path,
     overrides: list[str] = (),
     progress: bool = True,
-    train_clips: int = 2000,
-    held_out_clips: int = 100,
-    steps: tuple[int, int] = (700, 700),
-    vision_steps: int = 1500,
+    train_clips: int | None = None,
+    held_out_clips: int | None = None,
+    steps: tuple[int, int] = DEFAULT_STEPS,
+    vision_steps: int | None = None,
+    vision_clips: int | None = None,
 ) -> dict[str, Any]:
-    """Generate, build, train both stages, evaluate; returns (and writes) the report."""
+    """Generate, build, train both stages, evaluate; returns (and writes) the report.
+
+    Sizes left as None follow the run (:func:`demo_sizes`, with ``demo.*`` overrides); the default
+    run generates :data:`DEMO_SIZES`.
+    """
     from tarsier.train import shapes_world
     from tarsier.train.trainer import train
 
     output = Path(output)
+    configs = stage_configs(output, overrides, steps)  # checks every override before any work
+    given = {"clips": train_clips, "held_out_clips": held_out_clips, "vision_steps": vision_steps, "vision_clips": vision_clips}
+    sizes = demo_sizes(configs, {**split_overrides(overrides)[1], **{k: v for k, v in given.items() if v is not None}})
     one_thread()
     started = time.perf_counter()
     data = output / "data"
-    if not (data / "detailed.jsonl").is_file():
-        say(f"generating {train_clips} training clips in {data}")
-        shapes_world.write_training_data(data, train_clips, seed=0)
+    truth = data / "clips" / "clips.jsonl"
+    have = len(truth.read_text().splitlines()) if (data / "detailed.jsonl").is_file() and truth.is_file() else 0
+    if have != sizes["clips"]:  # the same seed and count give the same clips: reuse those of an earlier try
+        scaled = "" if sizes["clips"] == DEMO_SIZES["clips"] else " (sized to the run; --set demo.clips=N to change)"
+        say(f"generating {describe_sizes(sizes)}{scaled}; data in {data}")
+        shapes_world.write_training_data(data, sizes["clips"], seed=0, progress=progress)
+    else:
+        say(f"using the {have} training clips already in {data}")
     held_out_folder = output / "held_out"
     held_out = [(str(held_out_folder / name), clip) for name, clip in
-                shapes_world.write_clips(held_out_folder, held_out_clips, shapes_world.HELD_OUT_SEED, prefix="held_out")]
+                shapes_world.write_clips(held_out_folder, sizes["held_out_clips"], shapes_world.HELD_OUT_SEED, prefix="held_out",
+                                         progress=progress, label="held-out clips")]
     say("pre-training the vision tower on single frames (stage 0)")
-    build_start_model(output / "init", training_texts(data), vision_steps=vision_steps)
+    build_start_model(output / "init", training_texts(data), vision_steps=sizes["vision_steps"], vision_clips=sizes["vision_clips"],
+                      progress=progress)
     generated = time.perf_counter() - started
 
     reports: dict[str, dict[str, Any]] = {}
     say("scoring the untrained start model on the held-out clips")
     reports["start"] = shapes_world.evaluate(output / "init", held_out)
     timings = {}
-    for config in stage_configs(output, overrides, steps):
+    for config in configs:
         name = config.stage.removeprefix("shapes-")
         result = train(config, output / name, progress=progress)
         timings[name] = {"seconds": round(result.seconds, 1), "steps": result.steps,
@@ -357,10 +449,10 @@ def run_demo(
         reports[name] = shapes_world.evaluate(output / name, held_out)
     train_descriptions = {json.loads(line)["messages"][1]["content"] for line in (data / "detailed.jsonl").read_text().splitlines()}
     report = {
-        "held_out_clips": held_out_clips,
+        "held_out_clips": len(held_out),
         "majority_reference": shapes_world.majority_reference([clip for _, clip in held_out]),
         "held_out_descriptions_unseen_in_training": sum(shapes_world.detailed(c) not in train_descriptions for _, c in held_out) / len(held_out),
-        "training_clips": train_clips,
+        "training_clips": sizes["clips"],
         "data_and_init_seconds": round(generated, 1),
         "vision_pretraining": json.loads((output / "init" / "vision_pretraining.json").read_text()),
         "training": timings,

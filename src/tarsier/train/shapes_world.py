@@ -424,18 +424,27 @@ def majority_reference(clips: list[Clip]) -> dict[str, float]:
 # -- datasets on disk -----------------------------------------------------------------------------
 
 
-def write_clips(folder: Path, count: int, seed: int, prefix: str = "clip") -> list[tuple[str, Clip]]:
-    """``count`` clips as mp4 files in ``folder``, plus ``clips.jsonl`` with their ground truth."""
+def write_clips(folder: Path, count: int, seed: int, prefix: str = "clip", progress: bool = False,
+                label: str = "clips") -> list[tuple[str, Clip]]:
+    """``count`` clips as mp4 files in ``folder``, plus ``clips.jsonl`` with their ground truth.
+
+    The clips of a seed are one stream: fewer clips are the first ones of more. ``progress`` shows
+    a bar on stderr.
+    """
+    from tqdm import tqdm
+
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    with (folder / "clips.jsonl").open("w") as truth:
+    bar = tqdm(total=count, desc=f"generating {label}", unit="clip", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    with bar, (folder / "clips.jsonl").open("w") as truth:
         for number in range(count):
             clip = random_clip(rng)
             name = f"{prefix}_{number:05d}.mp4"
             write_clip(folder / name, clip)
             truth.write(json.dumps({"media": name, "description": detailed(clip), "clip": asdict(clip)}) + "\n")
             written.append((name, clip))
+            bar.update(1)
     return written
 
 
@@ -450,9 +459,9 @@ def read_clips(folder: Path) -> list[tuple[str, Clip]]:
     return clips
 
 
-def write_training_data(folder: Path, count: int, seed: int) -> dict[str, Path]:
+def write_training_data(folder: Path, count: int, seed: int, progress: bool = False) -> dict[str, Path]:
     """Clips and one JSONL per task, in the shapes the adapters read. Returns task -> file."""
-    clips = write_clips(folder / "clips", count, seed)
+    clips = write_clips(folder / "clips", count, seed, progress=progress, label="training clips")
     rng = np.random.default_rng(seed + 1)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in (
@@ -568,10 +577,10 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     one_thread()
     if args.command == "generate":
-        for task, path in write_training_data(Path(args.output), args.clips, args.seed).items():
+        for task, path in write_training_data(Path(args.output), args.clips, args.seed, progress=True).items():
             print(f"{task}: {path}")
         return 0
-    clips = write_clips(Path(args.work), args.clips, args.seed, prefix="held_out")
+    clips = write_clips(Path(args.work), args.clips, args.seed, prefix="held_out", progress=True, label="held-out clips")
     clips = [(str(Path(args.work) / name), clip) for name, clip in clips]
     report = evaluate(args.model, clips)
     print(format_report({"majority": majority_reference([clip for _, clip in clips]), Path(args.model).name or "model": report}))
