@@ -1,88 +1,110 @@
-"""Core performance: frame sampling, vision + prefill, decode throughput, peak memory.
+"""Core performance: frame sampling, vision, and generation throughput, each against a baseline.
 
-Every figure is printed next to a plain baseline measured in the same run, as a ratio, because
-machines are noisy and absolute numbers say little. Baselines:
+Machines are noisy, so every figure is printed with its baseline from the same run, measured in
+alternating rounds (ours, baseline, ours, baseline, ...), as best and median seconds. Nothing here
+changes the allocator or samples memory from a thread (both slow the code measured): peak memory is
+the kernel's high-water mark (VmHWM), reset before each measurement.
 
+Baselines:
 - frame sampling: decoding the whole clip with PyAV and keeping the sampled frames;
 - vision: the reference's way -- the full CLIP tower with every hidden state kept, then pick -2;
-- batch decoding: the same prompts generated one at a time (the reference's only correct way).
+- generation: the same 8 videos one at a time with our engine, and transformers' ``generate``
+  with its default (growing) KV cache at batch 8, which is what tarsier ran before its engine.
 
-    python benchmarks/bench_core.py                  # small model (ViT 6x256, LLM 6x512), 5-min 720p clip
-    python benchmarks/bench_core.py --quick          # tiny model, 20 s 360p clip: a smoke run
+    python benchmarks/bench_core.py                         # small model, 8 videos, 32 and 512 new tokens
+    python benchmarks/bench_core.py --quick                 # tiny model, fewer tokens: a smoke run
+    python benchmarks/bench_core.py --new-tokens 512 --rounds 2
     python benchmarks/bench_core.py --device cuda --dtype bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
-import threading
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 import numpy as np
-import psutil
 import torch
+from PIL import Image
 from transformers import CLIPVisionModel
 
+from tarsier.generation import GenerationSettings, iter_tokens
 from tarsier.media import load_frames, write_video
 from tarsier.processor import TarsierProcessor
 from tarsier.runtime import load_model, resolve_device, resolve_dtype
 from tarsier.testing import build_random_checkpoint
 
 CACHE = Path.home() / ".cache" / "tarsier-bench"
+PROMPT = "<video>\nDescribe the video in detail."
 
 
-@contextmanager
-def peak_memory(device: str):
-    """Peak memory above the starting level while the block runs (GPU allocator or process RSS)."""
-    result = {"bytes": 0}
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        yield result
-        torch.cuda.synchronize()
-        result["bytes"] = torch.cuda.max_memory_allocated() - start
-        return
-    process = psutil.Process()
-    start = process.memory_info().rss
-    peak = [start]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+def peak_rss_reset() -> int:
+    """Reset the process's peak-RSS mark (Linux) and return the current RSS in bytes."""
     try:
-        yield result
-    finally:
-        stop.set()
-        sampler.join()
-        result["bytes"] = max(peak[0], process.memory_info().rss) - start
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_bytes("VmRSS")
 
 
-def timed(fn, repeat: int, device: str) -> float:
-    """Median wall time of ``fn`` over ``repeat`` runs (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.startswith("cuda"):
+def peak_rss_since(start: int) -> int:
+    return max(_status_bytes("VmHWM") - start, 0)
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Measure:
+    """Seconds and peak memory of one workload over several rounds."""
+
+    def __init__(self, name: str, fn: Callable[[], object], device: str):
+        self.name, self.fn, self.device = name, fn, device
+        self.seconds: list[float] = []
+        self.peak = 0
+
+    def once(self) -> None:
+        if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
+        else:
+            start = peak_rss_reset()
+        began = time.perf_counter()
+        self.fn()
+        if self.device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        self.seconds.append(time.perf_counter() - began)
+        peak = torch.cuda.max_memory_allocated() - start if self.device.startswith("cuda") else peak_rss_since(start)
+        self.peak = max(self.peak, peak)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def cell(self) -> str:
+        return f"{self.best:.2f} / {self.median:.2f} s"
+
+
+def alternate(measures: list[Measure], rounds: int, warmup: bool = True) -> None:
+    """Run each workload once per round, in turn, so drifts in machine speed hit all of them alike."""
+    if warmup:
+        for measure in measures:
+            measure.fn()
+    for _ in range(rounds):
+        for measure in measures:
+            measure.once()
 
 
 def make_clip(seconds: int, width: int, height: int, fps: int = 25) -> Path:
@@ -123,24 +145,49 @@ def reference_vision(model, clip: CLIPVisionModel, pixel_values: torch.Tensor) -
     return model.multi_modal_projector(hidden)
 
 
-def report(rows: list[tuple[str, str, str, str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+class Generation:
+    """Our engine over a batch, timing the prefill (to the first token) and the decode steps apart."""
+
+    def __init__(self, model, processor, batch, settings: GenerationSettings):
+        self.model, self.processor, self.batch, self.settings = model, processor, batch, settings
+        self.prefill: list[float] = []
+        self.decode: list[float] = []
+        self.tokens = 0
+
+    def __call__(self) -> None:
+        began = time.perf_counter()
+        first = None
+        tokens = 0
+        for step in iter_tokens(self.model, self.processor, self.batch, self.settings):
+            if first is None:
+                first = time.perf_counter()
+            tokens += len(step)
+        ended = time.perf_counter()
+        self.prefill.append(first - began)
+        self.decode.append(ended - first)
+        self.tokens = tokens
+
+
+def report(title: str, rows: list[tuple[str, ...]]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
 
 
 def main() -> None:
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        # Make glibc hand large freed tensors back to the OS at once, so process RSS tracks live
-        # CPU memory and the peaks below compare fairly. The variable must be set at start-up.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model and short low-resolution clip")
+    parser.add_argument("--quick", action="store_true", help="tiny model, short low-resolution clip, few tokens")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison (default: 3)")
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=None,
+                        help="new tokens per video, one comparison each (default: 32 512; --quick: 16)")
+    parser.add_argument("--videos", type=int, default=8, help="videos per batch (default: 8)")
     parser.add_argument("--clip-seconds", type=int, default=None, help="length of the synthetic clip (default: 300, --quick: 20)")
+    parser.add_argument("--no-generate-baseline", action="store_true",
+                        help="skip transformers' generate at batch N (slow with long outputs: it copies its cache every step)")
+    parser.add_argument("--skip-media", action="store_true", help="skip the frame sampling and vision comparisons")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -148,75 +195,88 @@ def main() -> None:
     torch.manual_seed(0)
     preset, seconds, size = ("tiny", 20, (640, 360)) if args.quick else ("small", 300, (1280, 720))
     seconds = args.clip_seconds or seconds
-    rows = [("measure", "ours", "baseline", "ratio (baseline/ours)")]
+    new_tokens = args.new_tokens or ([16] if args.quick else [32, 512])
+    print(f"device={device} dtype={dtype} preset={preset} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"rounds={args.rounds} (best / median)")
 
-    # 1. Frame sampling: seek to the 8 sampled frames vs decode everything.
     clip_path = make_clip(seconds, *size)
-    ours = timed(lambda: load_frames(clip_path, 8), args.repeat, "cpu")
-    base = timed(lambda: full_decode_sampling(clip_path, 8), 1, "cpu")
-    rows.append((f"sample 8 frames, {seconds}s {size[1]}p clip", f"{ours:.2f} s", f"{base:.2f} s", f"{base / ours:.1f}x"))
-
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_random_checkpoint(Path(scratch) / "model", preset)
-        model = load_model(folder, device, dtype)
+        model = load_model(folder, device, dtype, progress=False)
         processor = TarsierProcessor.from_pretrained(folder)
-    frames = load_frames(clip_path, 8).images
-    inputs = processor(text="<video>\nDescribe the video in detail.", videos=[frames])
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
 
-    # 2. Vision tower: stop at the selected layer vs all layers with every hidden state kept.
-    clip = CLIPVisionModel(model.config.vision_config).to(device, dtype).eval()
-    prefix = "vision_tower.vision_model."
-    clip.load_state_dict({k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)})
-    pixels = inputs["pixel_values"]
-    with torch.inference_mode():
-        with peak_memory(device) as base_mem:
-            base = timed(lambda: reference_vision(model, clip, pixels), args.repeat, device)
-        with peak_memory(device) as ours_mem:
-            ours = timed(lambda: model.get_image_features(pixels), args.repeat, device)
-    rows.append(("vision, 8 frames", f"{ours * 1000:.0f} ms", f"{base * 1000:.0f} ms", f"{base / ours:.2f}x"))
-    rows.append(("vision peak memory", f"{ours_mem['bytes'] / 2**20:.0f} MiB", f"{base_mem['bytes'] / 2**20:.0f} MiB",
-                 f"{base_mem['bytes'] / max(ours_mem['bytes'], 1):.2f}x"))
+    if not args.skip_media:
+        # 1. Frame sampling: seek to the 8 sampled frames vs decode everything.
+        ours = Measure("ours", lambda: load_frames(clip_path, 8), "cpu")
+        base = Measure("full decode", lambda: full_decode_sampling(clip_path, 8), "cpu")
+        alternate([ours, base], args.rounds, warmup=False)
+        report(f"sample 8 frames from a {seconds} s {size[1]}p clip", [
+            ("", "ours", "decode all frames", "speed-up"),
+            ("seconds", ours.cell(), base.cell(), f"{base.median / ours.median:.1f}x"),
+        ])
 
-    # 3. Prefill: vision + the LLM over the whole prompt (~4,800 positions for 8 frames).
-    with torch.inference_mode(), peak_memory(device) as prefill_mem:
-        prefill = timed(lambda: model(**inputs, logits_to_keep=1), args.repeat, device)
-    positions = inputs["input_ids"].shape[1]
-    rows.append((f"vision + prefill, {positions} positions", f"{prefill * 1000:.0f} ms", "-", "-"))
-    rows.append(("prefill peak memory", f"{prefill_mem['bytes'] / 2**20:.0f} MiB", "-", "-"))
-
-    # 4. Decoding: tokens/s at batch 1 and batch 8 (8 different videos) vs 8 single runs.
-    def generate(batch):
+        # 2. Vision tower: stop at the selected layer vs all layers with every hidden state kept.
+        frames = load_frames(clip_path, 8).images
+        pixels = processor.pixel_values(frames).to(device, dtype)
+        clip = CLIPVisionModel(model.config.vision_config).to(device, dtype).eval()
+        prefix = "vision_tower.vision_model."
+        clip.load_state_dict({k[len(prefix):]: v for k, v in model.state_dict().items() if k.startswith(prefix)})
         with torch.inference_mode():
-            return model.generate(**batch, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                  do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+            ours = Measure("ours", lambda: model.get_image_features(pixels), device)
+            base = Measure("reference", lambda: reference_vision(model, clip, pixels), device)
+            alternate([ours, base], args.rounds)
+        report("vision tower, 8 frames", [
+            ("", "ours", "reference way", "ours vs reference"),
+            ("seconds", ours.cell(), base.cell(), f"{base.median / ours.median:.2f}x faster"),
+            ("peak memory", f"{ours.peak / 2**20:.0f} MiB", f"{base.peak / 2**20:.0f} MiB",
+             f"{base.peak / max(ours.peak, 1):.2f}x less"),
+        ])
+        del clip
 
-    videos = [[frame.rotate(15 * i) for frame in frames[:4]] for i in range(8)]
-    singles = [processor(text="<video>\nDescribe the video in detail.", videos=[video]) for video in videos]
-    batch8 = processor(text=["<video>\nDescribe the video in detail."] * 8, videos=videos)
-
-    def to_device(batch):
-        moved = {k: v.to(device) for k, v in batch.items()}
-        moved["pixel_values"] = moved["pixel_values"].to(dtype)
-        return moved
-
-    singles, batch8 = [to_device(b) for b in singles], to_device(batch8)
-    one = timed(lambda: generate(singles[0]), args.repeat, device)
-    sequential = timed(lambda: [generate(b) for b in singles], 1, device)
-    with peak_memory(device) as batch_mem:
-        batched = timed(lambda: generate(batch8), 1, device)
-    rows.append(("decode tokens/s, batch 1 (incl. prefill)", f"{args.new_tokens / one:.1f}", "-", "-"))
-    rows.append((
-        "decode tokens/s, batch 8 (incl. prefill)",
-        f"{8 * args.new_tokens / batched:.1f}",
-        f"{8 * args.new_tokens / sequential:.1f} (8 x batch 1)",
-        f"{sequential / batched:.2f}x",
-    ))
-    rows.append(("batch 8 generation peak memory", f"{batch_mem['bytes'] / 2**20:.0f} MiB", "-", "-"))
-
-    print(f"device={device} dtype={dtype} preset={preset} torch={torch.__version__} threads={torch.get_num_threads()}")
-    report(rows)
+    # 3. Generation: N different videos, one at a time vs one batch (all rows run to the last token).
+    rng = np.random.default_rng(0)
+    side = model.config.vision_config.image_size
+    videos = [[Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(8)]
+              for _ in range(args.videos)]
+    batch = processor(text=[PROMPT] * args.videos, videos=videos)
+    singles = [processor(text=PROMPT, videos=[video]) for video in videos]
+    positions = batch["input_ids"].shape[1]
+    warmup = GenerationSettings(max_new_tokens=2, ignore_eos=True)  # first calls of a shape are slow (oneDNN, allocator)
+    for inputs in [batch, *singles]:
+        Generation(model, processor, inputs, warmup)()
+    for n in new_tokens:
+        settings = GenerationSettings(max_new_tokens=n, ignore_eos=True)
+        together = Generation(model, processor, batch, settings)
+        alone = [Generation(model, processor, single, settings) for single in singles]
+        measures = [
+            Measure("batch", together, device),
+            Measure("one at a time", lambda: [run() for run in alone], device),
+        ]
+        if not args.no_generate_baseline:
+            def generate_default_cache():
+                with torch.inference_mode():
+                    model.generate(**{k: v.to(device) for k, v in batch.items()}, max_new_tokens=n, min_new_tokens=n,
+                                   do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+            measures.append(Measure("generate", generate_default_cache, device))
+        alternate(measures, args.rounds, warmup=False)  # warmed up above; a full extra run of 512 tokens costs minutes
+        ours, sequential = measures[0], measures[1]
+        total = args.videos * n
+        rows = [
+            ("", "videos/s", "tokens/s", "seconds", "prefill s", "decode s", "peak memory", "batch is"),
+            (f"ours, batch {args.videos}", f"{args.videos / ours.median:.3f}", f"{total / ours.median:.1f}", ours.cell(),
+             f"{statistics.median(together.prefill):.1f}", f"{statistics.median(together.decode):.1f}",
+             f"{ours.peak / 2**20:.0f} MiB", "-"),
+            ("ours, one at a time", f"{args.videos / sequential.median:.3f}", f"{total / sequential.median:.1f}",
+             sequential.cell(), f"{statistics.median(sum(r.prefill[i] for r in alone) for i in range(args.rounds)):.1f}",
+             f"{statistics.median(sum(r.decode[i] for r in alone) for i in range(args.rounds)):.1f}",
+             f"{sequential.peak / 2**20:.0f} MiB", f"{sequential.median / ours.median:.2f}x faster"),
+        ]
+        if len(measures) == 3:
+            generate = measures[2]
+            rows.append((f"generate, default cache, batch {args.videos}", f"{args.videos / generate.median:.3f}",
+                         f"{total / generate.median:.1f}", generate.cell(), "-", "-", f"{generate.peak / 2**20:.0f} MiB",
+                         f"{generate.median / ours.median:.2f}x faster"))
+        report(f"generation: {args.videos} videos x 8 frames ({positions} positions each), {n} new tokens", rows)
 
 
 if __name__ == "__main__":

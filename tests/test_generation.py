@@ -91,3 +91,53 @@ def test_chat_reuses_the_cache_and_matches_an_uncached_run(fast):
     ids = torch.tensor([turn_two_prompt])
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": processor.pixel_values(video.images)}
     assert generate_text(model, processor, inputs, settings)[0] == second
+
+
+@pytest.mark.parametrize("rows_at_once", [False, True], ids=["row-by-row-prefill", "batched-prefill"])
+def test_engine_gives_generate_s_greedy_ids_as_rows_finish_at_different_steps(fast, monkeypatch, rows_at_once):
+    """Our decode loop (static cache, finished rows dropped) against transformers' generate."""
+    from tarsier import engine
+
+    model, processor = fast
+    monkeypatch.setattr(engine, "prefill_rows_at_once", lambda model: rows_at_once)
+    prompts = ["<video>\nDescribe the video in detail.", "<video>\nWhat is moving?", "Tell me everything about it.", "Hi"]
+    inputs = processor(text=prompts, videos=[frames(3, 0), frames(1, 1), frames(5, 2), frames(2, 3)])
+    with torch.inference_mode():
+        free = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
+    free = free[:, inputs["input_ids"].shape[1] :]
+    # Make a token that row 1 emits at step 4 the "EOS", so rows end at different steps.
+    eos = int(free[1, 4])
+    with torch.inference_mode():
+        expected = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=eos)
+    expected = expected[:, inputs["input_ids"].shape[1] :]
+    settings = engine.DecodeSettings(max_new_tokens=12, eos_token_id=eos, sampler=engine.Sampler())
+    rows = {row: [] for row in range(4)}
+    steps = []
+    with torch.inference_mode():
+        for step in engine.decode(model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], settings):
+            steps.append(sorted(step))
+            for row, token in step.items():
+                rows[row].append(token)
+    for row in range(4):
+        want = expected[row].tolist()
+        if eos in want:
+            want = want[: want.index(eos) + 1]
+        assert rows[row] == want
+    assert any(len(tokens) < 12 for tokens in rows.values())  # some row did finish early...
+    assert len(steps[-1]) < 4  # ...and was no longer computed
+
+
+def test_chat_turn_cut_short_leaves_the_session_as_before(fast):
+    model, processor = fast
+    video = SampledFrames(frames(2, 5), [0, 1], 2, None, "test", "frames")
+    settings = GenerationSettings(max_new_tokens=6)
+    session = ChatSession(model, processor, video, settings)
+    first = "".join(session.ask("What happens?"))
+    ids = list(session._ids)
+    reply = session.ask("And then?")
+    next(reply)
+    reply.close()  # as Ctrl-C or a closed stream would
+    assert session._ids == ids and len(session.history) == 2
+    fresh = ChatSession(model, processor, video, settings)
+    assert "".join(fresh.ask("What happens?")) == first
+    assert "".join(session.ask("And then?")) == "".join(fresh.ask("And then?"))

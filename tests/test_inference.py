@@ -73,3 +73,22 @@ def test_one_call_describe_matches_the_describer(fast_checkpoint, media, describ
     assert text == next(describer.run([DescribeRequest("v", media["video"])])).text
     with pytest.raises(TarsierError, match="missing.mp4"):
         describe(media["missing"], model=str(fast_checkpoint), device="cpu")
+
+
+def test_batches_group_similar_prompt_lengths_and_results_keep_request_order(describer, media, monkeypatch):
+    batches = []
+    real = Describer._generate_batch
+
+    def recording(self, items):
+        batches.append([item.request.key for item in items])
+        return real(self, items)
+
+    monkeypatch.setattr(Describer, "_generate_batch", recording)
+    # Images (1 frame) and videos (4 frames) alternate: in arrival order every batch would mix them.
+    names = ["image", "video", "image", "video"]
+    requests = [DescribeRequest(f"{name}{i}", media[name]) for i, name in enumerate(names)]
+    results = list(describer.run(requests))
+    assert [r.key for r in results] == ["image0", "video1", "image2", "video3"]
+    assert sorted(map(sorted, batches)) == [["image0", "image2"], ["video1", "video3"]]
+    alone = {r.key: r.text for r in describer.run([DescribeRequest(k, media[k[:-1]]) for k in ("image0", "video1")])}
+    assert {r.key: r.text for r in results if r.key in alone} == alone

@@ -581,3 +581,26 @@ def test_write_video_refuses_what_it_cannot_write(tmp_path):
         write_video(tmp_path / "out.xyz", [index_frame(0)])
     with pytest.raises(ValueError, match="at least one frame"):
         write_video(tmp_path / "out.mp4", [])
+
+
+def test_decoder_and_its_frames_are_freed_without_the_garbage_collector(clip_25fps, monkeypatch):
+    """Captioning millions of clips must not wait for gc: nothing of a decode may outlive load_frames."""
+    import gc
+    import weakref
+
+    decoders = []
+
+    class Watched(media._VideoDecoder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            decoders.append(weakref.ref(self))
+
+    monkeypatch.setattr(media, "_VideoDecoder", Watched)
+    gc.collect()
+    gc.disable()
+    try:
+        sampled = load_frames(clip_25fps, 8)
+        assert len(sampled.images) == 8
+        assert decoders and all(ref() is None for ref in decoders)
+    finally:
+        gc.enable()

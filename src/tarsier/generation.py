@@ -1,13 +1,12 @@
-"""Generation: reference defaults, streaming, and multi-turn chat that reuses the KV cache.
+"""Generation: reference defaults, batches, streaming, and multi-turn chat that reuses the KV cache.
 
-Decoding itself is transformers' ``generate`` (greedy or temperature/top-p sampling, KV cache,
-stop at EOS). Batches are correct because the processor left-pads and the model derives position
-ids from the attention mask, so an item decodes the same alone or in a batch.
+Decoding runs :func:`tarsier.engine.decode` (a pre-allocated KV cache, finished rows leave the
+batch). Batches are correct because the processor left-pads and position ids count attended
+tokens only, so an item decodes the same alone or in a batch.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from tarsier.errors import TarsierError
 if TYPE_CHECKING:  # torch is imported where it is used, so settings validate without it
     import torch
 
+    from tarsier.engine import DecodeSettings, KVCache
     from tarsier.media import SampledFrames
     from tarsier.model import TarsierForConditionalGeneration
     from tarsier.processor import TarsierProcessor
@@ -29,6 +29,7 @@ class GenerationSettings:
     max_new_tokens: int = 512
     temperature: float = 0.0
     top_p: float = 1.0
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -42,19 +43,36 @@ class GenerationSettings:
     def do_sample(self) -> bool:
         return self.temperature > 0
 
-    def generate_kwargs(self, processor: TarsierProcessor) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "eos_token_id": processor.tokenizer.eos_token_id,
-            "pad_token_id": processor.tokenizer.pad_token_id,
-            "use_cache": True,
-        }
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        return kwargs
+    def decode_settings(self, processor: TarsierProcessor) -> DecodeSettings:
+        from tarsier.engine import DecodeSettings, Sampler
+
+        return DecodeSettings(
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=processor.tokenizer.eos_token_id,
+            sampler=Sampler(self.temperature, self.top_p),
+            ignore_eos=self.ignore_eos,
+        )
+
+
+def iter_tokens(
+    model: TarsierForConditionalGeneration,
+    processor: TarsierProcessor,
+    inputs: Mapping[str, torch.Tensor],
+    settings: GenerationSettings,
+    cache: KVCache | None = None,
+) -> Iterator[dict[int, int]]:
+    """``{row: token}`` after every step for the rows still running (see :func:`tarsier.engine.decode`)."""
+    import torch
+
+    from tarsier.engine import decode
+
+    pixels = inputs.get("pixel_values")
+    if pixels is not None:
+        pixels = pixels.to(model.device, model.dtype)
+    with torch.inference_mode():
+        yield from decode(
+            model, inputs["input_ids"], inputs["attention_mask"], pixels, settings.decode_settings(processor), cache
+        )
 
 
 def generate_ids(
@@ -62,15 +80,19 @@ def generate_ids(
     processor: TarsierProcessor,
     inputs: Mapping[str, torch.Tensor],
     settings: GenerationSettings,
-    **extra: Any,
 ) -> torch.Tensor:
-    """New token ids ``[batch, n]`` (rows that stopped early are padded with the pad id)."""
+    """New token ids ``[batch, n]`` (rows that stopped early are padded with the pad id), as ``generate`` gives."""
     import torch
 
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
-    with torch.inference_mode():
-        output = model.generate(**inputs, **settings.generate_kwargs(processor), **extra)
-    return output[:, inputs["input_ids"].shape[1] :]
+    rows: list[list[int]] = [[] for _ in range(inputs["input_ids"].shape[0])]
+    for step in iter_tokens(model, processor, inputs, settings):
+        for row, token in step.items():
+            rows[row].append(token)
+    longest = max(len(row) for row in rows)
+    out = torch.full((len(rows), longest), processor.tokenizer.pad_token_id, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 def generate_text(
@@ -88,53 +110,53 @@ def stream_text(
     processor: TarsierProcessor,
     inputs: Mapping[str, torch.Tensor],
     settings: GenerationSettings,
-    result: list[torch.Tensor] | None = None,
-    **extra: Any,
+    result: list[int] | None = None,
+    cache: KVCache | None = None,
 ) -> Iterator[str]:
     """Yield the reply of a single-row batch piece by piece as it is generated.
 
-    Generation runs in a helper thread feeding transformers' ``TextIteratorStreamer``. When
-    ``result`` is a list, the generated ids are appended to it once generation ends. If the
-    caller stops early (Ctrl-C, a closed generator), generation is told to stop and joined
-    before this returns, so no thread is left running inside torch while the process exits.
+    Text is cut where transformers' ``TextStreamer`` cuts it (whole words, never half a character).
+    Generation runs in the caller's thread, step by step, so Ctrl-C or closing the iterator stops
+    it at once. When ``result`` is a list, the generated ids are appended to it as they come.
     """
-    from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            criteria = StoppingCriteriaList([_StopWhenSet(stop)])
-            ids = generate_ids(model, processor, inputs, settings, streamer=streamer, stopping_criteria=criteria, **extra)
-            if result is not None:
-                result.append(ids)
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
-            streamer.end()
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        yield from streamer
-    finally:
-        stop.set()  # a no-op when generation already ended
-        thread.join()
-    if failure:
-        raise failure[0]
+    pieces = TextPieces(processor.tokenizer)
+    for step in iter_tokens(model, processor, inputs, settings, cache):
+        token = step[0]
+        if result is not None:
+            result.append(token)
+        pieces.add(token)
+        yield from pieces.take()
+    pieces.end()
+    yield from pieces.take()
 
 
-class _StopWhenSet:
-    """A stopping criterion that ends every row once ``event`` is set (checked after each step)."""
+class TextPieces:
+    """Token ids in, finished pieces of text out, using transformers' ``TextStreamer`` rules."""
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, tokenizer: Any):
+        from transformers import TextStreamer
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        outer = self
+
+        class Collector(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    outer._ready.append(text)
+
+        self._ready: list[str] = []
+        self._streamer = Collector(tokenizer, skip_prompt=False, skip_special_tokens=True)
+
+    def add(self, token: int) -> None:
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        self._streamer.put(torch.tensor([token]))
+
+    def end(self) -> None:
+        self._streamer.end()
+
+    def take(self) -> list[str]:
+        ready, self._ready = self._ready, []
+        return ready
 
 
 @dataclass
@@ -156,30 +178,46 @@ class ChatSession:
     _cache: Any = field(default=None, repr=False)
 
     def ask(self, question: str) -> Iterator[str]:
-        """Stream the reply to ``question``; the turn is recorded once the reply is complete."""
+        """Stream the reply to ``question``; the turn is recorded once the reply is complete.
+
+        A reply cut short (Ctrl-C, the iterator closed) leaves the session as it was before the
+        question: the partly filled cache is dropped and rebuilt on the next turn.
+        """
         import torch
-        from transformers import DynamicCache
+
+        from tarsier.engine import KVCache
 
         template = self.processor.chat_template
         n_frames = len(self.frames.images)
-        extra: dict[str, Any] = {}
+        before = self._ids
         if not self._ids:
             prompt = template.render([{"role": "user", "content": question}], n_frames)
-            self._ids = self.processor.encode_prompt(prompt, n_frames)
-            extra["pixel_values"] = self.processor.pixel_values(self.frames.images)
-            self._cache = DynamicCache(config=self.model.config.text_config)
+            ids = self.processor.encode_prompt(prompt, n_frames)
         else:
-            self._ids = self._ids + self.processor.encode_prompt(template.user_turn(question), 0, add_bos=False)
-        ids = torch.tensor([self._ids])
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
-        generated: list[torch.Tensor] = []
+            ids = self._ids + self.processor.encode_prompt(template.user_turn(question), 0, add_bos=False)
+        extra: dict[str, Any] = {}
+        if self._cache is None:  # first turn, or after an interrupted one: encode the frames (again)
+            extra["pixel_values"] = self.processor.pixel_values(self.frames.images)
+        cached = self._cache.length if self._cache is not None else 0
+        needed = len(ids) + self.settings.max_new_tokens
+        if self._cache is None or self._cache.capacity < needed:
+            room = needed + 2 * self.settings.max_new_tokens  # a few more turns without growing
+            self._cache = KVCache(self.model, 1, room) if self._cache is None else self._cache.with_capacity(self.model, room)
+        new_ids = torch.tensor([ids[cached:]])
+        inputs = {"input_ids": new_ids, "attention_mask": torch.ones_like(new_ids), **extra}
+        reply_ids: list[int] = []
         pieces = []
-        for piece in stream_text(self.model, self.processor, inputs, self.settings, generated, cache=self._cache):
-            pieces.append(piece)
-            yield piece
-        reply_ids = generated[0][0].tolist()  # one row: no padding
+        finished = False
+        try:
+            for piece in stream_text(self.model, self.processor, inputs, self.settings, reply_ids, self._cache):
+                pieces.append(piece)
+                yield piece
+            finished = True
+        finally:
+            if not finished:
+                self._ids, self._cache = before, None
         end_id = self.processor.tokenizer.convert_tokens_to_ids(template.assistant_sep)
         if not reply_ids or reply_ids[-1] != end_id:
             reply_ids.append(end_id)  # a reply cut by max_new_tokens still closes its turn
-        self._ids = self._ids + reply_ids
+        self._ids = ids + reply_ids
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(pieces)}]

@@ -25,6 +25,9 @@ from tarsier.prompting import default_prompt
 from tarsier.checkpoints import DEFAULT_MODEL
 from tarsier.runtime import load_pretrained
 
+# Batches are formed from this many batches' worth of prepared items, sorted by prompt length.
+GROUPING_WINDOW = 2
+
 
 @dataclass
 class DescribeRequest:
@@ -158,7 +161,7 @@ class Describer:
 
     def _prefetch(self, pool: ThreadPoolExecutor, requests: Iterable[DescribeRequest]) -> Iterator[_Prepared]:
         window: deque[Future[_Prepared]] = deque()
-        ahead = 2 * self.batch_size + self.num_workers
+        ahead = self.batch_size * GROUPING_WINDOW + self.num_workers  # the next window decodes during this one
         pending = iter(requests)
         for request in pending:
             window.append(pool.submit(self.prepare, request))
@@ -172,40 +175,49 @@ class Describer:
             yield prepared
 
     def _batched(self, prepared_items: Iterable[_Prepared]) -> Iterator[DescribeResult]:
-        group: list[_Prepared] = []
-        for prepared in prepared_items:
-            group.append(prepared)
-            if sum(item.error is None for item in group) == self.batch_size:
-                yield from self._generate(group)
-                group = []
-        if group:
-            yield from self._generate(group)
+        """Batches of similar prompt length (so left padding stays small), results in request order.
 
-    def _generate(self, group: list[_Prepared]) -> Iterator[DescribeResult]:
-        ready = [item for item in group if item.error is None]
+        Items are sorted by length within a window of a few batches; a wider window would pad less
+        but hold results back longer.
+        """
+        window_size = self.batch_size * (GROUPING_WINDOW if self.batch_size > 1 else 1)
+        window: list[_Prepared] = []
+        for prepared in prepared_items:
+            window.append(prepared)
+            if sum(item.error is None for item in window) == window_size:
+                yield from self._generate_window(window)
+                window = []
+        if window:
+            yield from self._generate_window(window)
+
+    def _generate_window(self, window: list[_Prepared]) -> Iterator[DescribeResult]:
+        ready = sorted((item for item in window if item.error is None), key=lambda item: len(item.ids))
+        results: dict[int, DescribeResult] = {}
+        for start in range(0, len(ready), self.batch_size):
+            group = ready[start : start + self.batch_size]
+            results.update(zip(map(id, group), self._generate(group)))
+        for item in window:
+            yield results[id(item)] if item.error is None else item.result()
+
+    def _generate(self, ready: list[_Prepared]) -> list[DescribeResult]:
+        """Results of one batch; a failure is pinned on the item(s) that cause it."""
         texts: dict[int, str] = {}
         errors: dict[int, str] = {}
-        seconds = 0.0
-        if ready:
-            started = time.perf_counter()
-            try:
-                for item, text in zip(ready, self._generate_batch(ready)):
-                    texts[id(item)] = text
-            except Exception as exc:
-                if len(ready) == 1:
-                    errors[id(ready[0])] = one_line(exc)
-                else:  # isolate the failing item(s) by retrying one at a time
-                    for item in ready:
-                        try:
-                            texts[id(item)] = self._generate_batch([item])[0]
-                        except Exception as item_exc:
-                            errors[id(item)] = one_line(item_exc)
-            seconds = time.perf_counter() - started
-        for item in group:
-            if item.error is not None:
-                yield item.result()
-            else:
-                yield item.result(texts.get(id(item)), errors.get(id(item)), seconds)
+        started = time.perf_counter()
+        try:
+            for item, text in zip(ready, self._generate_batch(ready)):
+                texts[id(item)] = text
+        except Exception as exc:
+            if len(ready) == 1:
+                errors[id(ready[0])] = one_line(exc)
+            else:  # isolate the failing item(s) by retrying one at a time
+                for item in ready:
+                    try:
+                        texts[id(item)] = self._generate_batch([item])[0]
+                    except Exception as item_exc:
+                        errors[id(item)] = one_line(item_exc)
+        seconds = time.perf_counter() - started
+        return [item.result(texts.get(id(item)), errors.get(id(item)), seconds) for item in ready]
 
     def _inputs(self, items: list[_Prepared]) -> dict[str, torch.Tensor]:
         inputs = self.processor.pad([item.ids for item in items])

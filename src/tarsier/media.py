@@ -267,12 +267,23 @@ class _VideoDecoder:
         self._position = -1  # presentation index of the last frame taken from _frames
 
     def read(self, targets: Sequence[int]) -> dict[int, tuple[int, Image.Image]]:
-        """Map each target frame to (index of the frame actually used, its image)."""
+        """Map each target frame to (index of the frame actually used, its image).
+
+        The decoder is released before this returns: its frame generator refers back to it, and
+        that cycle would otherwise keep the decoder and its frames (tens of MB at 720p) alive
+        until the garbage collector happens to run.
+        """
         wanted = set(targets)
         used = {}
-        for target in sorted(wanted):
-            used[target] = target if target in self._images else self._read(target, wanted)
-        return {target: (frame, self._images[frame]) for target, frame in used.items()}
+        try:
+            for target in sorted(wanted):
+                used[target] = target if target in self._images else self._read(target, wanted)
+            return {target: (frame, self._images[frame]) for target, frame in used.items()}
+        finally:
+            if self._frames is not None:
+                self._frames.close()
+            self._frames = None
+            self._images = {}
 
     def _read(self, target: int, wanted: set[int]) -> int:
         nearest = None

@@ -18,7 +18,6 @@ resumed run computes the same next-step loss as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import math
 import os
@@ -96,11 +95,6 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LearningRate(config))
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    # Free unreachable objects before forking workers: a video decoder left in a reference cycle
-    # (e.g. by describing clips in this process, as the shapes demo does between stages) keeps
-    # FFmpeg threads; finalised in a worker, where those threads do not exist, it waits on them forever.
-    if config.data.num_workers:
-        gc.collect()
     batches = iter(loader)  # before restoring RNG: starting workers draws from it
     if checkpoint:
         accelerator.load_state(str(checkpoint / "training_state"))
