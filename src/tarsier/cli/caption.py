@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("input", metavar="INPUT_DIR_OR_LIST", help="folder of media, or a .txt / .jsonl list of paths")
     parser.add_argument("--output", "-o", required=True, help="JSONL file to append results to")
     add_prompt_option(parser, "instruction for every item that has none (default: describe in detail)")
-    parser.add_argument("--batch-size", type=int, default=4, help="videos generated together (default: 4)")
+    parser.add_argument("--batch-size", type=int, default=4, help="videos generated together (default: 4; see README Performance)")
     parser.add_argument("--num-workers", type=int, default=2, help="background threads decoding frames (default: 2)")
     parser.add_argument("--recursive", action="store_true", help="include media in sub-folders of INPUT")
     parser.add_argument("--retry-errors", action="store_true", help="drop failed items from OUTPUT and try them again")

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_window_options(parser)
     parser.add_argument("--frames", action="store_true", help="treat each folder as one video of frame images")
     parser.add_argument("--recursive", action="store_true", help="look for media in sub-folders too")
-    parser.add_argument("--batch-size", type=int, default=1, help="inputs generated together (default: 1)")
+    parser.add_argument("--batch-size", type=int, default=4, help="inputs generated together when there are several (default: 4)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per input instead of text")
     add_model_options(parser)
     add_generation_options(parser)
