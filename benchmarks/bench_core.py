@@ -9,18 +9,26 @@ Baselines:
 - frame sampling: decoding the whole clip with PyAV and keeping the sampled frames;
 - vision: the reference's way -- the full CLIP tower with every hidden state kept, then pick -2;
 - generation: the same 8 videos one at a time with our engine, and transformers' ``generate``
-  with its default (growing) KV cache at batch 8, which is what tarsier ran before its engine.
+  with its default (growing) KV cache at batch 8, which is what tarsier ran before its engine;
+  with ``--reference DIR``, also the original research code one video at a time, run by
+  ``reference_driver.py`` under its own Python environment (a checkout of bytedance/tarsier, branch
+  ``tarsier``, with transformers 4.44 installed by hand; nothing of it is part of this project).
 
     python benchmarks/bench_core.py                         # small model, 8 videos, 32 and 512 new tokens
     python benchmarks/bench_core.py --quick                 # tiny model, fewer tokens: a smoke run
     python benchmarks/bench_core.py --new-tokens 512 --rounds 2
     python benchmarks/bench_core.py --device cuda --dtype bf16
+    python benchmarks/bench_core.py --skip-media --reference ~/src/tarsier --reference-python ~/envs/tarsier-ref/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -152,20 +160,40 @@ class Generation:
         self.model, self.processor, self.batch, self.settings = model, processor, batch, settings
         self.prefill: list[float] = []
         self.decode: list[float] = []
-        self.tokens = 0
+        self.ids: dict[int, list[int]] = {}
 
     def __call__(self) -> None:
         began = time.perf_counter()
         first = None
-        tokens = 0
+        ids: dict[int, list[int]] = {}
         for step in iter_tokens(self.model, self.processor, self.batch, self.settings):
             if first is None:
                 first = time.perf_counter()
-            tokens += len(step)
+            for row, token in step.items():
+                ids.setdefault(row, []).append(token)
         ended = time.perf_counter()
         self.prefill.append(first - began)
         self.decode.append(ended - first)
-        self.tokens = tokens
+        self.ids = ids
+
+
+class ReferenceRun(Measure):
+    """The original code, one video at a time, in its own environment; its own timing is used."""
+
+    def __init__(self, python: str, checkout: str, checkpoint: Path, frame_folders: list[Path], new_tokens: int):
+        super().__init__("reference", lambda: None, "cpu")
+        self.command = [python, str(Path(__file__).with_name("reference_driver.py")), "--reference", checkout,
+                        "--checkpoint", str(checkpoint), "--new-tokens", str(new_tokens),
+                        "--frames", *map(str, frame_folders)]
+        self.ids: list[list[int]] = []
+
+    def once(self) -> None:
+        done = subprocess.run(self.command, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"the reference run failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        self.seconds.append(result["seconds"])
+        self.ids = result["ids"]
 
 
 def report(title: str, rows: list[tuple[str, ...]]) -> None:
@@ -188,7 +216,11 @@ def main() -> None:
     parser.add_argument("--no-generate-baseline", action="store_true",
                         help="skip transformers' generate at batch N (slow with long outputs: it copies its cache every step)")
     parser.add_argument("--skip-media", action="store_true", help="skip the frame sampling and vision comparisons")
+    parser.add_argument("--reference", metavar="DIR", help="checkout of the original code (bytedance/tarsier, branch tarsier)")
+    parser.add_argument("--reference-python", metavar="PYTHON", help="the Python of the original code's environment")
     args = parser.parse_args()
+    if bool(args.reference) != bool(args.reference_python):
+        parser.error("--reference and --reference-python go together")
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -200,10 +232,10 @@ def main() -> None:
           f"rounds={args.rounds} (best / median)")
 
     clip_path = make_clip(seconds, *size)
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = build_random_checkpoint(Path(scratch) / "model", preset)
-        model = load_model(folder, device, dtype, progress=False)
-        processor = TarsierProcessor.from_pretrained(folder)
+    scratch = Path(tempfile.mkdtemp(prefix="tarsier-bench-"))
+    folder = build_random_checkpoint(scratch / "model", preset)
+    model = load_model(folder, device, dtype, progress=False)
+    processor = TarsierProcessor.from_pretrained(folder)
 
     if not args.skip_media:
         # 1. Frame sampling: seek to the 8 sampled frames vs decode everything.
@@ -238,6 +270,12 @@ def main() -> None:
     side = model.config.vision_config.image_size
     videos = [[Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(8)]
               for _ in range(args.videos)]
+    frame_folders = []
+    for index, video in enumerate(videos):  # the same frames for the reference run
+        frame_folders.append(scratch / f"video{index}")
+        frame_folders[-1].mkdir()
+        for number, frame in enumerate(video):
+            frame.save(frame_folders[-1] / f"{number}.png")
     batch = processor(text=[PROMPT] * args.videos, videos=videos)
     singles = [processor(text=PROMPT, videos=[video]) for video in videos]
     positions = batch["input_ids"].shape[1]
@@ -258,6 +296,9 @@ def main() -> None:
                     model.generate(**{k: v.to(device) for k, v in batch.items()}, max_new_tokens=n, min_new_tokens=n,
                                    do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
             measures.append(Measure("generate", generate_default_cache, device))
+        if args.reference:
+            reference = ReferenceRun(args.reference_python, args.reference, folder, frame_folders, n)
+            measures.append(reference)
         alternate(measures, args.rounds, warmup=False)  # warmed up above; a full extra run of 512 tokens costs minutes
         ours, sequential = measures[0], measures[1]
         total = args.videos * n
@@ -271,12 +312,22 @@ def main() -> None:
              f"{statistics.median(sum(r.decode[i] for r in alone) for i in range(args.rounds)):.1f}",
              f"{sequential.peak / 2**20:.0f} MiB", f"{sequential.median / ours.median:.2f}x faster"),
         ]
-        if len(measures) == 3:
+        if not args.no_generate_baseline:
             generate = measures[2]
             rows.append((f"generate, default cache, batch {args.videos}", f"{args.videos / generate.median:.3f}",
                          f"{total / generate.median:.1f}", generate.cell(), "-", "-", f"{generate.peak / 2**20:.0f} MiB",
                          f"{generate.median / ours.median:.2f}x faster"))
+        if args.reference:
+            rows.append(("original code, one at a time", f"{args.videos / reference.median:.3f}",
+                         f"{total / reference.median:.1f}", reference.cell(), "-", "-", "-",
+                         f"{reference.median / ours.median:.2f}x faster"))
+            rows.append(("ours one at a time vs original", "-", "-", "-", "-", "-", "-",
+                         f"{reference.median / sequential.median:.2f}x faster"))
         report(f"generation: {args.videos} videos x 8 frames ({positions} positions each), {n} new tokens", rows)
+        if args.reference:
+            same = reference.ids == [alone[i].ids[0] for i in range(args.videos)]
+            print(f"greedy ids of the original code and ours, one at a time: {'identical' if same else 'DIFFERENT'}")
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

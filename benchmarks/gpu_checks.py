@@ -78,6 +78,12 @@ def inference_checks(checkpoint: Path, clips: list[Path]) -> None:
         # flip there; fp32 must agree exactly.
         if dtype == "fp32":
             check(f"batch == one at a time, {DEVICE} fp32 greedy ids", all(same), f"{sum(same)}/{len(same)} rows identical")
+            with torch.inference_mode():  # the engine (batched prefill on a GPU) against transformers' generate
+                moved = {k: v.to(DEVICE) for k, v in batch.items()}
+                expected = model.generate(**moved, max_new_tokens=24, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id,
+                                          eos_token_id=processor.tokenizer.eos_token_id)[:, batch["input_ids"].shape[1]:].cpu()
+            check(f"engine == generate, {DEVICE} fp32 greedy ids", expected.tolist() == together.tolist(),
+                  f"{together.shape[1]} and {expected.shape[1]} steps")
         else:
             print(f"info  batch == one at a time, {DEVICE} {dtype}: {sum(same)}/{len(same)} rows identical")
         del model

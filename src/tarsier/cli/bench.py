@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tarsier.cli.options import add_generation_options, add_model_options, check_model_options, generation_from_args
+
+if TYPE_CHECKING:
+    from tarsier.eval.annotations import Selection, VideoResolver
+    from tarsier.eval.runner import RunSettings
 
 EXAMPLES = """examples:
   tarsier bench list
@@ -183,7 +188,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return bench(args, settings, selection, resolver)
 
 
-def bench(args: argparse.Namespace, settings, selection, resolver) -> int:
+def bench(args: argparse.Namespace, settings: RunSettings, selection: Selection, resolver: VideoResolver) -> int:
     """Plan and run; the caller holds the output's lock (except for a dry run, which writes nothing)."""
     import datetime
 
