@@ -68,7 +68,9 @@ def iter_tokens(
 
     pixels = inputs.get("pixel_values")
     if pixels is not None:
-        pixels = pixels.to(model.device, model.dtype)
+        if model.device.type == "cuda" and pixels.device.type == "cpu":
+            pixels = pixels.pin_memory()  # lets the copy to the GPU run asynchronously
+        pixels = pixels.to(model.device, model.dtype, non_blocking=True)
     with torch.inference_mode():
         yield from decode(
             model, inputs["input_ids"], inputs["attention_mask"], pixels, settings.decode_settings(processor), cache
