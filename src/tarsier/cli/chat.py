@@ -98,5 +98,8 @@ def read_question(interactive: bool) -> str | None:
         except EOFError:
             print()
             return None
+        except KeyboardInterrupt:
+            print()  # end the half-typed line before the "interrupted" message
+            raise
     line = sys.stdin.readline()
     return line.strip() if line else None
