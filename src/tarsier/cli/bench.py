@@ -155,18 +155,12 @@ def video_roots(values: list[str]) -> dict[str | None, Path]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from tarsier.errors import TarsierError
     from tarsier.eval import runner
     from tarsier.eval.annotations import VideoResolver, load_annotations, require_items
     from tarsier.eval.benchmarks import resolve_benchmarks
     from tarsier.jsonl import OutputLock
 
-    if args.batch_size < 1:
-        raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise TarsierError(f"--num-workers must be 0 or more, got {args.num_workers}")
-    if not args.dry_run:
-        check_model_options(args)
+    check_model_options(args)
     settings = runner.RunSettings(
         output_dir=Path(args.output_dir),
         num_shards=args.num_shards,

@@ -64,15 +64,6 @@ def collect_inputs(source: str, recursive: bool) -> list[MediaInput]:
     raise TarsierError(f"{source}: expected a folder or a .txt/.jsonl list of media paths")
 
 
-def check_job_options(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.num_workers < 0:
-        raise TarsierError(f"--num-workers must be 0 or more, got {args.num_workers}")
-    if args.limit is not None and args.limit < 1:
-        raise TarsierError(f"--limit must be at least 1, got {args.limit}")
-
-
 def unique_items(items: list[MediaInput], max_frames: int) -> dict[str, MediaInput]:
     """Items by key, first occurrence kept: a repeated line is the same work, captioned once."""
     by_key: dict[str, MediaInput] = {}
@@ -104,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from tarsier.jsonl import OutputLock
 
     check_model_options(args)
-    check_job_options(args)
+    if args.limit is not None and args.limit < 1:
+        raise TarsierError(f"--limit must be at least 1, got {args.limit}")
     output = Path(args.output)
     items = collect_inputs(args.input, args.recursive)
     for item in items:

@@ -51,11 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tarsier.errors import MediaError, TarsierError
+    from tarsier.errors import MediaError
 
     check_model_options(args)
-    if args.batch_size < 1:
-        raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
     items = expand_paths(args.paths, recursive=args.recursive, frame_folders=args.frames)
     if len(items) == 1:
         from tarsier.media import media_kind

@@ -78,5 +78,9 @@ def check_model_options(args: argparse.Namespace) -> None:
         raise TarsierError(f"--max-frames must be at least 1, got {args.max_frames}")
     if getattr(args, "start", None) is not None and getattr(args, "end", None) is not None and args.end <= args.start:
         raise TarsierError(f"--end ({args.end}) must be after --start ({args.start})")
+    if getattr(args, "batch_size", 1) < 1:
+        raise TarsierError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if getattr(args, "num_workers", 0) < 0:
+        raise TarsierError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if hasattr(args, "max_new_tokens"):
         generation_from_args(args)  # validates the numbers
