@@ -18,24 +18,51 @@ from typing import Any
 from tarsier.errors import TarsierError
 
 
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """``(line number, object, None)`` for each non-blank line holding a JSON object, and
+    ``(line number, None, problem)`` for each that does not (bad UTF-8, not JSON, not an object).
+
+    Reading goes on past a bad line, so callers choose: :func:`iter_jsonl` stops at the first,
+    training counts them against its bad-line cap. An unreadable file raises ``OSError``.
+    """
+    with Path(path).open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError:
+                yield number, None, "not UTF-8 text"
+                continue
+            except json.JSONDecodeError as exc:
+                yield number, None, f"not valid JSON ({exc.msg}: column {exc.colno})"
+                continue
+            except RecursionError:
+                yield number, None, "not valid JSON (nested too deeply)"
+                continue
+            if not isinstance(record, dict):
+                yield number, None, f"expected a JSON object, got {_json_kind(record)}"
+                continue
+            yield number, record, None
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; a bad line is a one-line error."""
     path = Path(path)
     try:
-        handle = path.open("r", encoding="utf-8")
+        for number, record, problem in jsonl_lines(path):
+            if problem is not None:
+                raise TarsierError(f"{path}:{number}: {problem}")
+            yield number, record
     except FileNotFoundError:
         raise TarsierError(f"{path}: file not found") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TarsierError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise TarsierError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

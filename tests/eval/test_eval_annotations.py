@@ -72,7 +72,7 @@ def good_line(idx=1, **changes):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ("[1, 2]", "a.jsonl:2: expected a JSON object, got list"),
+        ("[1, 2]", "a.jsonl:2: expected a JSON object, got an array"),
         ('{"idx": 1', "a.jsonl:2: not valid JSON"),
         (json.dumps(good_line(2, dataset=3)), "a.jsonl:2: missing or invalid 'dataset'"),
         (json.dumps(good_line(2, text="hi")), "a.jsonl:2: missing or invalid 'text'"),

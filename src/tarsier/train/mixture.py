@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from tarsier.errors import TarsierError
+from tarsier.jsonl import jsonl_lines
 from tarsier.train.adapters import ADAPTERS
 from tarsier.train.config import DataSettings, SourceSettings
 from tarsier.train.data import TrainingItem, parse_item
@@ -117,45 +116,6 @@ class Mixture:
         return lines
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """``(line number, record, None)`` for each non-blank line that is a JSON object, and
-    ``(line number, None, problem)`` for each that is not (bad UTF-8, not JSON, not an object).
-
-    Unlike :func:`tarsier.jsonl.iter_jsonl`, a bad line does not stop the reading: training counts
-    it against ``data.max_bad_fraction`` like any other unusable line.
-    """
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise TarsierError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8").rstrip("\r\n"))
-            except UnicodeDecodeError:
-                yield number, None, "not UTF-8 text"
-                continue
-            except json.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON ({exc.msg}: column {exc.colno})"
-                continue
-            except RecursionError:
-                yield number, None, "not valid JSON (nested too deeply)"
-                continue
-            if not isinstance(record, dict):
-                yield number, None, f"expected a JSON object, got {_json_kind(record)}"
-                continue
-            yield number, record, None
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
-    return kinds.get(type(value), type(value).__name__)
-
-
 def load_source(settings: SourceSettings, default_frames: int, items: PackedItems) -> LoadedSource:
     """Read one source, appending its usable items to ``items``."""
     path = Path(settings.path)
@@ -165,7 +125,11 @@ def load_source(settings: SourceSettings, default_frames: int, items: PackedItem
     adapter = ADAPTERS[settings.adapter]
     n_frames = settings.n_frames or default_frames
     source = LoadedSource(settings.name or path.stem, settings.weight, n_frames, 0, 0)
-    for number, record, problem in read_lines(path):
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise TarsierError(f"{path}: cannot read the data file ({exc.strerror or exc})") from None
+    for number, record, problem in jsonl_lines(path):  # a bad line counts against the cap, reading goes on
         where = f"{path}:{number}"
         source.lines += 1
         if problem is not None:
