@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from tarsier import TarsierError, TarsierForConditionalGeneration
-from tarsier.generation import ChatSession, GenerationSettings, generate_ids, generate_text, stream_text
+from tarsier.generation import ChatSession, GenerationSettings, generate_ids, generate_text, iter_tokens, stream_text
 from tarsier.media import SampledFrames
 from tarsier.processor import TarsierProcessor
 
@@ -125,6 +125,33 @@ def test_engine_gives_generate_s_greedy_ids_as_rows_finish_at_different_steps(fa
         assert rows[row] == want
     assert any(len(tokens) < 12 for tokens in rows.values())  # some row did finish early...
     assert len(steps[-1]) < 4  # ...and was no longer computed
+
+
+def test_rows_keep_their_own_limits_samplers_and_cancellation(fast):
+    """Serving's per-row settings: each row equals its run alone, a seeded row repeats, a cancelled row stops."""
+    model, processor = fast
+    prompts = ["<video>\nDescribe the video in detail.", "<video>\nWhat is moving?", "Tell me everything about it."]
+    videos = [frames(3, 0), frames(1, 1), frames(2, 2)]
+    per_row = [GenerationSettings(max_new_tokens=4), GenerationSettings(max_new_tokens=9, temperature=1.0, seed=3),
+               GenerationSettings(max_new_tokens=7)]
+
+    def run(rows, settings, cancel_after=None):
+        inputs = processor(text=[prompts[r] for r in rows], videos=[videos[r] for r in rows])
+        out = {row: [] for row in range(len(rows))}
+        cancelled = set()
+        for step in iter_tokens(model, processor, inputs, settings, cancelled=cancelled):
+            for row, token in step.items():
+                out[row].append(token)
+                if cancel_after and row == cancel_after[0] and len(out[row]) == cancel_after[1]:
+                    cancelled.add(row)
+        return [out[row] for row in range(len(rows))]
+
+    batch = run([0, 1, 2], per_row)
+    assert [len(tokens) for tokens in batch] == [4, 9, 7]  # random weights: no EOS this early
+    for row in range(3):
+        assert run([row], per_row[row]) == [batch[row]]
+    cut = run([0, 1, 2], per_row, cancel_after=(2, 3))
+    assert cut[2] == batch[2][:3] and cut[0] == batch[0] and cut[1] == batch[1]
 
 
 def test_chat_turn_cut_short_leaves_the_session_as_before(fast):

@@ -12,6 +12,8 @@ Why our own loop rather than transformers' ``generate``:
 - **Finished rows leave the batch.** A row that produced EOS is dropped from the cache and from
   every later step, so a batch costs what its unfinished rows cost.
 - **Tokens as they come, per row**, so one batch can stream every row (streaming, serving).
+- **Settings per row** (serving): each row may have its own length limit, sampler and seed, and a
+  caller can drop a row mid-generation (a client that went away, a stop string).
 
 Greedy ids equal ``generate``'s for every row, alone or in a batch (tested), because left padding
 is masked and position ids count attended tokens only.
@@ -19,7 +21,7 @@ is masked and position ids count attended tokens only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,9 +77,13 @@ class KVCache:
 
 
 class Sampler:
-    """Greedy argmax, or temperature + top-p sampling with transformers' own warpers (same maths)."""
+    """Greedy argmax, or temperature + top-p sampling with transformers' own warpers (same maths).
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0):
+    With a ``seed``, sampling draws from its own generator, so a request gives the same reply
+    whatever else runs in its batch.
+    """
+
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         self.greedy = temperature <= 0
@@ -85,12 +91,27 @@ class Sampler:
         if not self.greedy and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
         self.warpers = LogitsProcessorList(warpers)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self.greedy:
             return logits.argmax(-1)
+        if self.seed is not None and self._generator is None:
+            self._generator = torch.Generator(logits.device).manual_seed(self.seed)
         scores = self.warpers(None, logits.float())
-        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=self._generator).squeeze(1)
+
+
+def _sample(logits: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
+    """One token per row; rows sharing one sampler are sampled together."""
+    if all(sampler is samplers[0] for sampler in samplers):
+        return samplers[0](logits)
+    tokens = logits.argmax(-1)
+    for row, sampler in enumerate(samplers):
+        if not sampler.greedy:
+            tokens[row] = sampler(logits[row : row + 1])[0]
+    return tokens
 
 
 @dataclass
@@ -150,20 +171,29 @@ def decode(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None,
-    settings: DecodeSettings,
+    settings: DecodeSettings | Sequence[DecodeSettings],
     cache: KVCache | None = None,
+    cancelled: Container[int] = (),
 ) -> Iterator[dict[int, int]]:
     """Yield ``{row: token}`` after every step for the rows still running; a row's EOS is its last.
 
-    ``input_ids`` are left-padded prompts ``[B, n]``. With ``cache`` (one row, holding earlier
-    turns), ``input_ids`` continue it; it must have room for ``n + max_new_tokens`` more positions.
-    Stopping the iteration early stops generation after the current step.
+    ``input_ids`` are left-padded prompts ``[B, n]``. ``settings`` is one for the batch or one per
+    row. With ``cache`` (one row, holding earlier turns), ``input_ids`` continue it; it must have
+    room for ``n + max_new_tokens`` more positions. A row found in ``cancelled`` (checked after each
+    step) stops there. Stopping the iteration early stops generation after the current step.
     """
     batch, length = input_ids.shape
+    per_row = [settings] * batch if isinstance(settings, DecodeSettings) else list(settings)
+    if len(per_row) != batch:
+        raise ValueError(f"got {len(per_row)} decode settings for {batch} rows")
+    limits = torch.tensor([row.max_new_tokens for row in per_row])
+    eos = torch.tensor([-1 if row.eos_token_id is None or row.ignore_eos else row.eos_token_id for row in per_row])
+    samplers = [row.sampler for row in per_row]
+    longest = int(limits.max())
     past = cache.length if cache is not None else 0
     if cache is None:
-        cache = KVCache(model, batch, length + settings.max_new_tokens, allocate=not prefill_rows_at_once(model))
-    if cache.capacity < past + length + settings.max_new_tokens:
+        cache = KVCache(model, batch, length + longest, allocate=not prefill_rows_at_once(model))
+    if cache.capacity < past + length + longest:
         raise ValueError("the KV cache has no room for this turn; grow it with KVCache.with_capacity first")
     device = model.device
     # The 2D mask spans the whole cache so its width never changes; position ids count attended tokens.
@@ -174,23 +204,24 @@ def decode(
     next_position = mask.sum(-1)
     logits = _prefill(model, input_ids.to(device), mask, positions, pixel_values, cache)
 
-    rows = torch.arange(batch, device=device)
-    for step in range(settings.max_new_tokens):
-        tokens = settings.sampler(logits)
+    rows = torch.arange(batch)
+    for step in range(longest):
+        tokens = _sample(logits, samplers).cpu()
         yield dict(zip(rows.tolist(), tokens.tolist()))
-        if step == settings.max_new_tokens - 1:
-            return
-        running = torch.ones_like(tokens, dtype=torch.bool)
-        if settings.eos_token_id is not None and not settings.ignore_eos:
-            running = tokens != settings.eos_token_id
+        running = (tokens != eos) & (limits > step + 1)
+        if cancelled:
+            running &= torch.tensor([row not in cancelled for row in rows.tolist()], dtype=torch.bool)
         if not running.all():
             if not running.any():
                 return
             keep = running.nonzero().squeeze(1)
-            rows, tokens, mask, next_position = rows[keep], tokens[keep], mask[keep], next_position[keep]
-            cache.keep_rows(keep)
+            rows, tokens, limits, eos = rows[keep], tokens[keep], limits[keep], eos[keep]
+            samplers = [samplers[index] for index in keep.tolist()]
+            on_device = keep.to(device)
+            mask, next_position = mask[on_device], next_position[on_device]
+            cache.keep_rows(on_device)
         mask[:, past + length + step] = 1
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position[:, None],
+        out = model(input_ids=tokens[:, None].to(device), attention_mask=mask, position_ids=next_position[:, None],
                     cache=cache.cache, use_cache=True, logits_to_keep=1)
         next_position = next_position + 1
         logits = out.logits[:, -1]

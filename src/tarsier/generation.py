@@ -7,7 +7,7 @@ tokens only, so an item decodes the same alone or in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ class GenerationSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
+    seed: int | None = None  # sampling draws from its own generator: same seed, same reply
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -49,7 +50,7 @@ class GenerationSettings:
         return DecodeSettings(
             max_new_tokens=self.max_new_tokens,
             eos_token_id=processor.tokenizer.eos_token_id,
-            sampler=Sampler(self.temperature, self.top_p),
+            sampler=Sampler(self.temperature, self.top_p, self.seed),
             ignore_eos=self.ignore_eos,
         )
 
@@ -58,10 +59,14 @@ def iter_tokens(
     model: TarsierForConditionalGeneration,
     processor: TarsierProcessor,
     inputs: Mapping[str, torch.Tensor],
-    settings: GenerationSettings,
+    settings: GenerationSettings | Sequence[GenerationSettings],
     cache: KVCache | None = None,
+    cancelled: Container[int] = (),
 ) -> Iterator[dict[int, int]]:
-    """``{row: token}`` after every step for the rows still running (see :func:`tarsier.engine.decode`)."""
+    """``{row: token}`` after every step for the rows still running (see :func:`tarsier.engine.decode`).
+
+    ``settings`` is one for the batch or one per row; rows in ``cancelled`` stop after the current step.
+    """
     import torch
 
     from tarsier.engine import decode
@@ -72,9 +77,11 @@ def iter_tokens(
             pixels = pixels.pin_memory()  # lets the copy to the GPU run asynchronously
         pixels = pixels.to(model.device, model.dtype, non_blocking=True)
     with torch.inference_mode():
-        yield from decode(
-            model, inputs["input_ids"], inputs["attention_mask"], pixels, settings.decode_settings(processor), cache
-        )
+        if isinstance(settings, GenerationSettings):
+            decode_settings = settings.decode_settings(processor)
+        else:
+            decode_settings = [row.decode_settings(processor) for row in settings]
+        yield from decode(model, inputs["input_ids"], inputs["attention_mask"], pixels, decode_settings, cache, cancelled)
 
 
 def generate_ids(

@@ -1,0 +1,107 @@
+"""``tarsier serve``: the OpenAI-compatible HTTP API (chat completions with video)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tarsier.cli.options import add_model_options, check_model_options
+
+EXAMPLES = """examples:
+  tarsier serve --model shapes-demo                       # http://127.0.0.1:8000/v1
+  tarsier serve --model omni-research/Tarsier-7b --media-root ~/videos --api-key-env TARSIER_KEY
+  curl -s http://127.0.0.1:8000/health
+
+Ask with any OpenAI client (base_url http://127.0.0.1:8000/v1): a message's content parts are text
+and one video_url or image_url whose url is a data: URL (base64), a path or file:// URL under
+--media-root, or http(s) with --allow-remote-media. temperature defaults to 0 (greedy, as the
+reference). Extra body fields: max_frames, start_time, end_time (seconds), return_token_ids.
+Stop with Ctrl-C or SIGTERM: requests in progress finish first, new ones get 503.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the model over an OpenAI-compatible HTTP API",
+        description="Serve chat completions about videos and images over HTTP, in the OpenAI format, "
+        "batching requests that arrive together.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: the --model value)")
+    parser.add_argument("--api-key-env", metavar="NAME", default=None,
+                        help="require 'Authorization: Bearer KEY' where KEY is this environment variable's value")
+    media = parser.add_argument_group("media")
+    media.add_argument("--media-root", type=Path, default=None,
+                       help="folder that local paths and file:// URLs are read from (default: local paths refused)")
+    media.add_argument("--allow-remote-media", action="store_true", help="let requests name http(s) media URLs")
+    media.add_argument("--max-media-mb", type=float, default=64, help="largest video or image a request may bring (default: 64)")
+    limits = parser.add_argument_group("batching and limits")
+    limits.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default: 8)")
+    limits.add_argument("--batch-wait-ms", type=float, default=10, help="how long the first request waits for others to batch with (default: 10)")
+    limits.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default: 64)")
+    limits.add_argument("--max-tokens", type=int, default=2048, help="most new tokens a request may ask for (default: 2048)")
+    limits.add_argument("--media-workers", type=int, default=2, help="threads decoding media (default: 2)")
+    add_model_options(parser)
+    parser.set_defaults(run=run)
+
+
+def check_server_options(args: argparse.Namespace) -> str | None:
+    """Validate options before anything heavy loads; returns the API key (or None)."""
+    from tarsier.errors import TarsierError
+
+    check_model_options(args)
+    if not 0 < args.port < 65536:
+        raise TarsierError(f"--port must be between 1 and 65535, got {args.port}")
+    for name in ("max_batch_size", "max_queue", "max_tokens", "media_workers"):
+        if getattr(args, name) < 1:
+            raise TarsierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.batch_wait_ms < 0 or args.max_media_mb <= 0:
+        raise TarsierError("--batch-wait-ms must be 0 or more and --max-media-mb more than 0")
+    if args.media_root is not None and not args.media_root.is_dir():
+        raise TarsierError(f"{args.media_root}: --media-root is not a folder")
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise TarsierError(f"--api-key-env {args.api_key_env}: that environment variable is empty or not set")
+    return key
+
+
+def run(args: argparse.Namespace) -> int:
+    key = check_server_options(args)
+    from tarsier.checkpoints import checkpoint_folder
+    from tarsier.serve.api import ServeConfig, create_app
+    from tarsier.serve.media_sources import MediaPolicy
+    from tarsier.serve.server import run_server
+
+    checkpoint_folder(args.model)  # an unknown model fails here, before the server starts
+    config = ServeConfig(
+        model_name=args.served_model_name or args.model,
+        api_key=key,
+        media=MediaPolicy(args.media_root, args.allow_remote_media, int(args.max_media_mb * 1024 * 1024)),
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        media_workers=args.media_workers,
+        max_tokens=args.max_tokens,
+        default_max_tokens=min(512, args.max_tokens),
+    )
+
+    def load():
+        from tarsier.runtime import load_pretrained
+
+        return load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
+                               progress=not args.no_progress)
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tarsier: warning: binding {args.host} exposes the server beyond this machine"
+              + ("" if key else "; consider --api-key-env"), file=sys.stderr)
+    print(f"tarsier: serving {config.model_name} at http://{args.host}:{args.port}/v1 (loading the model; "
+          f"GET /health says when it is ready)", file=sys.stderr)
+    return run_server(create_app(load, config), args.host, args.port)

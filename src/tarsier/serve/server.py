@@ -1,0 +1,52 @@
+"""Running an ASGI app with uvicorn so that SIGTERM and Ctrl-C drain rather than cut requests off."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tarsier.errors import TarsierError
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One clear line for a port in use, instead of uvicorn's log and exit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise TarsierError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+
+
+def run_server(app: Any, host: str, port: int) -> int:
+    """Serve until SIGTERM/Ctrl-C; requests in progress finish, new ones get 503 meanwhile."""
+    import uvicorn
+
+    check_port_free(host, port)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.tarsier["draining"] = True  # refuse new requests while the others finish
+            super().handle_exit(sig, frame)
+
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutting down; a drained server exits 0 instead
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=None)
+    DrainingServer(config).run()
+    return 0

@@ -1,0 +1,395 @@
+"""The OpenAI-compatible server on a real uvicorn (127.0.0.1, free port), driven by the real openai client."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+
+from media_factory import make_image, make_video
+from tarsier.generation import GenerationSettings, generate_ids
+from tarsier.runtime import load_pretrained
+from tarsier.serve.api import ServeConfig, create_app
+from tarsier.serve.media_sources import MediaPolicy
+
+MODEL = "tiny-test"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def live_server(loaded, **options):
+    """A real uvicorn serving create_app on a free port in a thread; stopped on exit."""
+    config = ServeConfig(model_name=MODEL, **options)
+    app = create_app(lambda: loaded, config)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        yield url, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def wait_healthy(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became healthy")
+
+
+@pytest.fixture(scope="module")
+def loaded(fast_checkpoint):
+    return load_pretrained(fast_checkpoint, device="cpu", max_n_frames=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media-root")
+    make_video(root / "clip.mp4", 30, fps=10)
+    make_video(root / "other.mp4", 12, fps=10)
+    make_image(root / "still.png", 7)
+    outside = tmp_path_factory.mktemp("outside")
+    make_video(outside / "secret.mp4", 10, fps=10)
+    (root / "escape.mp4").symlink_to(outside / "secret.mp4")
+    return root, outside
+
+
+@pytest.fixture(scope="module")
+def server(loaded, media):
+    with live_server(loaded, media=MediaPolicy(media_root=media[0]), max_tokens=64, max_queue=32) as running:
+        yield running
+
+
+def client(url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def video_message(url: str, text: str = "Describe the video.", kind: str = "video_url") -> list[dict]:
+    return [{"role": "user", "content": [{"type": kind, kind: {"url": url}}, {"type": "text", "text": text}]}]
+
+
+def data_url(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def expected_ids(loaded, media_path, messages, max_tokens):
+    """What the library (the CLI's code path) generates alone for the same conversation."""
+    model, processor = loaded
+    frames = processor.load_media(str(media_path)) if media_path else None
+    n_frames = len(frames.images) if frames else 0
+    ids = processor.encode_prompt(processor.chat_template.render(messages, n_frames), n_frames)
+    inputs = processor.pad([ids])
+    if frames:
+        inputs["pixel_values"] = processor.pixel_values(frames.images)
+    out = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=max_tokens))[0].tolist()
+    eos = processor.tokenizer.eos_token_id
+    return out[: out.index(eos) + 1] if eos in out else out
+
+
+def test_health_models_and_metrics(server):
+    url, _ = server
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": MODEL}
+    assert [m.id for m in client(url).models.list().data] == [MODEL]
+    metrics = httpx.get(f"{url}/metrics")
+    assert metrics.status_code == 200 and "tarsier_queue_depth 0" in metrics.text
+
+
+def test_data_url_video_matches_the_library_run_alone(server, loaded, media):
+    url, _ = server
+    clip = media[0] / "clip.mp4"
+    response = client(url).chat.completions.create(
+        model=MODEL, messages=video_message(data_url(clip, "video/mp4")), max_tokens=12,
+        extra_body={"return_token_ids": True},
+    )
+    expected = expected_ids(loaded, clip, [{"role": "user", "content": "Describe the video."}], 12)
+    choice = response.choices[0]
+    assert choice.model_extra["token_ids"] == expected
+    assert choice.message.content == loaded[1].decode(expected)
+    assert choice.finish_reason == ("stop" if expected[-1] == loaded[1].tokenizer.eos_token_id else "length")
+    assert response.usage.completion_tokens == len(expected)
+    assert response.usage.prompt_tokens > 4 * 20  # 4 frames of 21 positions each, plus the text
+
+
+def test_stream_gives_the_same_text_in_pieces_with_usage(server, loaded, media):
+    url, _ = server
+    messages = video_message("clip.mp4")
+    whole = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=16)
+    chunks = list(client(url).chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=16, stream=True, stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 1
+    assert "".join(deltas) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_path_file_url_and_image_under_the_media_root(server, loaded, media):
+    url, _ = server
+    root = media[0]
+    by_path = client(url).chat.completions.create(model=MODEL, messages=video_message("clip.mp4"), max_tokens=8)
+    by_file = client(url).chat.completions.create(
+        model=MODEL, messages=video_message(f"file://{root / 'clip.mp4'}"), max_tokens=8)
+    assert by_path.choices[0].message.content == by_file.choices[0].message.content
+    image = client(url).chat.completions.create(
+        model=MODEL, messages=video_message("still.png", "Describe the image.", kind="image_url"), max_tokens=8,
+        extra_body={"return_token_ids": True})
+    expected = expected_ids(loaded, root / "still.png", [{"role": "user", "content": "Describe the image."}], 8)
+    assert image.choices[0].model_extra["token_ids"] == expected
+    assert image.usage.prompt_tokens < by_path.usage.prompt_tokens  # one frame, not four
+
+
+def test_multi_turn_honours_earlier_assistant_turns(server, loaded, media):
+    url, _ = server
+    turns = [
+        {"role": "user", "content": "What moves?"},
+        {"role": "assistant", "content": "A ball."},
+        {"role": "user", "content": "Which colour is it?"},
+    ]
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "clip.mp4"}},
+                                             {"type": "text", "text": "What moves?"}]}] + turns[1:]
+    response = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                                   extra_body={"return_token_ids": True})
+    assert response.choices[0].model_extra["token_ids"] == expected_ids(loaded, media[0] / "clip.mp4", turns, 10)
+    other = client(url).chat.completions.create(
+        model=MODEL, messages=messages[:1] + [{"role": "assistant", "content": "Nothing at all."}] + messages[2:],
+        max_tokens=10, extra_body={"return_token_ids": True})
+    assert other.usage.prompt_tokens != response.usage.prompt_tokens  # the assistant turn is part of the prompt
+
+
+def test_concurrent_requests_are_batched_and_match_each_alone(loaded, media):
+    root = media[0]
+    with live_server(loaded, media=MediaPolicy(media_root=root), batch_wait_ms=300, max_batch_size=8) as (url, _):
+        requests = [("clip.mp4", f"Question {n}?", 6 + n) for n in range(6)]
+        results = [None] * len(requests)
+
+        def ask(index):
+            name, text, tokens = requests[index]
+            results[index] = client(url).chat.completions.create(
+                model=MODEL, messages=video_message(name, text), max_tokens=tokens, extra_body={"return_token_ids": True})
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        metrics = httpx.get(f"{url}/metrics").text
+    sizes = [int(line.split('"')[1]) for line in metrics.splitlines() if line.startswith("tarsier_batches_total{")]
+    assert max(sizes) > 1, metrics
+    for (name, text, tokens), response in zip(requests, results):
+        expected = expected_ids(loaded, root / name, [{"role": "user", "content": text}], tokens)
+        assert response.choices[0].model_extra["token_ids"] == expected
+
+
+def post(url, body, **kwargs):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{url}/v1/chat/completions", content=data, headers={"content-type": "application/json"},
+                      timeout=60, **kwargs)
+
+
+def chat_body(url_or_messages, **extra):
+    messages = video_message(url_or_messages) if isinstance(url_or_messages, str) else url_or_messages
+    return {"model": MODEL, "messages": messages, "max_tokens": 4, **extra}
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        ({"model": MODEL}, 422, "messages"),
+        ({"model": MODEL, "messages": "hi"}, 422, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model is required"),
+        ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "not served here"),
+        (chat_body("clip.mp4", max_tokens=1000), 400, "over this server's limit of 64"),
+        (chat_body("clip.mp4", max_tokens=0), 400, "at least 1"),
+        (chat_body("clip.mp4", temperature=5), 400, "temperature"),
+        (chat_body("clip.mp4", temperature="hot"), 422, "temperature must be a number"),
+        (chat_body("clip.mp4", n=2), 400, "n must be 1"),
+        (chat_body("clip.mp4", max_frames=99), 400, "--max-frames of 4"),
+        (chat_body("../outside/secret.mp4"), 400, "outside the media root"),
+        (chat_body("escape.mp4"), 400, "outside the media root"),
+        (chat_body("/etc/passwd"), 400, "outside the media root"),
+        (chat_body("missing.mp4"), 404, "no such file"),
+        (chat_body("https://example.com/a.mp4"), 400, "--allow-remote-media"),
+        (chat_body("ftp://host/a.mp4"), 400, "unsupported media URL scheme"),
+        (chat_body("data:application/pdf;base64,AAAA"), 400, "unsupported media type"),
+        (chat_body("data:video/mp4;base64,!!!"), 400, "base64"),
+        (chat_body("data:video/mp4;base64," + base64.b64encode(os.urandom(3000)).decode()), 400, "data: URL media"),
+        (chat_body([{"role": "assistant", "content": "hi"}]), 400, "expected a user message"),
+        (chat_body([{"role": "user", "content": [{"type": "audio", "audio": {}}]}]), 400, "unsupported content part"),
+        (chat_body([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]), 400, "last message"),
+        (chat_body([{"role": "user", "content": "x " * 5000}]), 400, "over this server's limit"),
+    ],
+    ids=lambda value: None if not isinstance(value, int) else str(value),
+)
+def test_bad_requests_get_their_status_and_one_line_message(server, body, status, words):
+    url, _ = server
+    response = post(url, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert words in error["message"] and "\n" not in error["message"] and "Traceback" not in error["message"]
+    assert httpx.get(f"{url}/health").status_code == 200  # still serving
+
+
+def test_errors_never_leak_server_paths(server, media):
+    url, _ = server
+    corrupt = "data:video/mp4;base64," + base64.b64encode(b"\x00" * 4000).decode()
+    message = post(url, chat_body(corrupt)).json()["error"]["message"]
+    assert "tarsier-media-" not in message and "/tmp" not in message
+    message = post(url, chat_body("missing.mp4")).json()["error"]["message"]
+    assert str(media[0]) not in message
+
+
+def test_local_paths_are_refused_without_a_media_root(loaded):
+    with live_server(loaded) as (url, _):
+        response = post(url, chat_body("clip.mp4"))
+    assert response.status_code == 400 and "--media-root" in response.json()["error"]["message"]
+
+
+def test_api_key_is_required_everywhere_but_health(loaded, media):
+    with live_server(loaded, api_key="s3cret", media=MediaPolicy(media_root=media[0])) as (url, _):
+        assert httpx.get(f"{url}/health").status_code == 200
+        for path in ("/v1/models", "/metrics"):
+            assert httpx.get(f"{url}{path}").status_code == 401
+        refused = post(url, chat_body("clip.mp4"))
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "wrong").chat.completions.create(model=MODEL, messages=video_message("clip.mp4"), max_tokens=2)
+        ok = client(url, "s3cret").chat.completions.create(model=MODEL, messages=video_message("clip.mp4"), max_tokens=2)
+        assert ok.usage.completion_tokens >= 1
+
+
+def test_oversized_body_and_media_get_413(loaded, media):
+    options = {"media": MediaPolicy(media_root=media[0], max_bytes=1000), "max_body_bytes": 50_000}
+    with live_server(loaded, **options) as (url, _):
+        big = chat_body("data:video/mp4;base64," + "A" * 60_000)
+        assert post(url, big).status_code == 413
+        medium = chat_body(data_url(media[0] / "clip.mp4", "video/mp4"))
+        response = post(url, medium)
+        assert response.status_code == 413 and "media" in response.json()["error"]["message"]
+        assert post(url, chat_body("clip.mp4")).status_code == 413  # the file under the root is too big as well
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(loaded, media):
+    with live_server(loaded, media=MediaPolicy(media_root=media[0]), max_batch_size=1, max_queue=1,
+                     max_tokens=64) as (url, _):
+        statuses, headers = [], []
+
+        def ask():
+            response = post(url, chat_body("clip.mp4", max_tokens=64))
+            statuses.append(response.status_code)
+            headers.append(response.headers.get("retry-after"))
+
+        threads = [threading.Thread(target=ask) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert 503 in statuses and 200 in statuses, statuses
+    assert all(header == "1" for status, header in zip(statuses, headers) if status == 503)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_place(loaded, media):
+    with live_server(loaded, media=MediaPolicy(media_root=media[0]), max_tokens=2000) as (url, app):
+        scheduler = app.state.tarsier["scheduler"]
+        body = chat_body("clip.mp4", max_tokens=2000, stream=True)
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            for _ in range(6):
+                next(lines)
+        deadline = time.monotonic() + 20
+        while scheduler.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler.in_flight == 0
+        generated = scheduler.stats.generated_tokens
+        assert generated < 1500  # stopped long before its 2000 tokens
+        ok = client(url).chat.completions.create(model=MODEL, messages=video_message("clip.mp4"), max_tokens=3)
+        assert ok.choices[0].message.content is not None
+        assert 'tarsier_requests_total{status="499"} 1' in httpx.get(f"{url}/metrics").text
+
+
+def test_stop_strings_end_the_reply_before_them(server, loaded):
+    url, _ = server
+    messages = [{"role": "user", "content": "Say something."}]
+    whole = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=24).choices[0].message.content
+    words = whole.split()
+    assert len(words) > 2
+    stop = words[2]
+    cut = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=24, stop=[stop])
+    assert cut.choices[0].message.content == whole[: whole.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    streamed = client(url).chat.completions.create(model=MODEL, messages=messages, max_tokens=24, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == whole[: whole.index(stop)]
+
+
+def test_seeded_sampling_repeats(server):
+    url, _ = server
+    kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "temperature": 1.0}
+    first = client(url).chat.completions.create(seed=7, **kwargs).choices[0].message.content
+    assert client(url).chat.completions.create(seed=7, **kwargs).choices[0].message.content == first
+
+
+@pytest.mark.slow
+def test_sigterm_drains_requests_in_progress_and_refuses_new_ones(fast_checkpoint, media):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tarsier.cli", "serve", "--model", str(fast_checkpoint), "--port", str(port),
+         "--media-root", str(media[0]), "--max-frames", "4", "--no-progress", "--served-model-name", MODEL],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        try:
+            wait_healthy(url, 120)
+        except AssertionError:
+            process.kill()
+            raise AssertionError(process.stdout.read()) from None
+        body = chat_body("clip.mp4", max_tokens=400, stream=True)
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            for _ in range(4):
+                next(lines)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            refused = None
+            try:
+                refused = post(url, chat_body("clip.mp4")).status_code
+            except httpx.TransportError:
+                refused = "connection refused"
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert refused in (503, "connection refused")
+        assert rest[-1] == "data: [DONE]"
+        finish = [json.loads(line[6:])["choices"][0]["finish_reason"] for line in rest[:-1] if json.loads(line[6:])["choices"]]
+        assert finish[-1] in ("stop", "length")
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.stdout.read()
+    assert "Traceback" not in output, output

@@ -1,0 +1,106 @@
+"""The model thread: batches formed on arrival, rows that end on their own, exclusive work, draining."""
+
+import threading
+import time
+
+import pytest
+
+from tarsier.generation import GenerationSettings, generate_ids
+from tarsier.runtime import load_pretrained
+from tarsier.serve.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+
+
+@pytest.fixture(scope="module")
+def loaded(fast_checkpoint):
+    return load_pretrained(fast_checkpoint, device="cpu", max_n_frames=4, progress=False)
+
+
+class Recorder:
+    """A job's tokens and end, with the time each arrived."""
+
+    def __init__(self):
+        self.tokens, self.ended, self.error, self.end_time = [], threading.Event(), None, None
+
+    def job(self, loaded, prompt, max_new_tokens):
+        _, processor = loaded
+        ids = processor.encode_prompt(processor.format_prompt(prompt, 0), 0)
+        return Job(ids, None, GenerationSettings(max_new_tokens=max_new_tokens), self.tokens.append, self.end)
+
+    def end(self, error):
+        self.error, self.end_time = error, time.monotonic()
+        self.ended.set()
+
+
+def alone(loaded, prompt, max_new_tokens):
+    model, processor = loaded
+    inputs = processor(text=prompt)
+    return generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=max_new_tokens))[0].tolist()
+
+
+def test_jobs_that_arrive_together_share_a_batch_and_each_ends_with_its_own_row(loaded):
+    scheduler = Scheduler(*loaded, max_batch_size=4, batch_wait_ms=500)
+    try:
+        prompts = [("Hello there", 3), ("What is in the video?", 40), ("Tell me a story", 12)]
+        records = [Recorder() for _ in prompts]
+        for record, (prompt, tokens) in zip(records, prompts):
+            scheduler.submit(record.job(loaded, prompt, tokens))
+        for record in records:
+            assert record.ended.wait(60) and record.error is None
+        assert scheduler.stats.batch_sizes == {3: 1}
+        for record, (prompt, tokens) in zip(records, prompts):
+            assert record.tokens == alone(loaded, prompt, tokens)
+        # the 3-token row was answered before the 40-token row finished
+        assert records[0].end_time < records[1].end_time
+    finally:
+        scheduler.close()
+
+
+def test_exclusive_work_runs_on_the_model_thread_between_batches(loaded):
+    scheduler = Scheduler(*loaded, max_batch_size=2, batch_wait_ms=0)
+    try:
+        names = list(scheduler.run_exclusive(lambda: (threading.current_thread().name for _ in range(3))))
+        assert names == ["tarsier-model"] * 3
+
+        def failing():
+            yield 1
+            raise ValueError("broken")
+
+        with pytest.raises(ValueError, match="broken"):
+            list(scheduler.run_exclusive(failing))
+        record = Recorder()  # the thread survives a failing task
+        scheduler.submit(record.job(loaded, "Hi", 2))
+        assert record.ended.wait(60) and len(record.tokens) == 2
+    finally:
+        scheduler.close()
+
+
+def test_full_queue_cancelled_jobs_and_draining(loaded):
+    scheduler = Scheduler(*loaded, max_batch_size=1, batch_wait_ms=0, max_queue=2)
+    gate = threading.Event()
+
+    def busy():
+        yield "started"
+        gate.wait(30)
+
+    blocker = scheduler.run_exclusive(busy)
+    next(blocker)  # the model thread is now busy until the gate opens
+    waiting = [Recorder() for _ in range(2)]
+    for record in waiting:
+        scheduler.submit(record.job(loaded, "Hi", 5))
+    with pytest.raises(QueueFull):
+        scheduler.submit(Recorder().job(loaded, "Hi", 5))
+    assert scheduler.queue_depth == 2
+    scheduler._waiting[0].cancelled = True  # as a client that left while queued
+    gate.set()
+    list(blocker)
+    scheduler.close(drain=True)  # drains: the queued job still runs
+    assert waiting[0].ended.is_set() and waiting[0].error == "cancelled" and waiting[0].tokens == []
+    assert waiting[1].ended.is_set() and waiting[1].error is None and len(waiting[1].tokens) == 5
+    with pytest.raises(ShuttingDown):
+        scheduler.submit(Recorder().job(loaded, "Hi", 5))
+
+
+def test_settings_are_checked(loaded):
+    for bad in ({"max_batch_size": 0}, {"batch_wait_ms": -1}, {"max_queue": 0}):
+        with pytest.raises(Exception, match="must be"):
+            Scheduler(*loaded, **bad)
