@@ -58,7 +58,9 @@ class DescribeResult:
 
 
 @dataclass
-class _Prepared:
+class PreparedRequest:
+    """A request with its frames decoded and its prompt tokenised, ready for a batch (or its error)."""
+
     request: DescribeRequest
     prompt: str | None = None
     ids: list[int] = field(default_factory=list)
@@ -124,22 +126,9 @@ class Describer:
         loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, progress=progress)
         return cls(loaded, processor, generation=generation, batch_size=batch_size, num_workers=num_workers)
 
-    def prepare(self, request: DescribeRequest) -> _Prepared:
+    def prepare(self, request: DescribeRequest) -> PreparedRequest:
         """Decode, sample and preprocess one request (runs in a worker thread)."""
-        started = time.perf_counter()
-        prepared = _Prepared(request=request, prompt=request.prompt)
-        try:
-            frames = self.processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
-            prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
-            count = len(frames.images)
-            text = self.processor.format_prompt(prepared.prompt, count, frames.source)
-            prepared.ids = self.processor.encode_prompt(text, count, source=frames.source)
-            prepared.pixels = self.processor.pixel_values(frames.images)
-            prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
-        except Exception as exc:  # recorded per item; the job goes on
-            prepared.error = one_line(exc)
-        prepared.decode_seconds = time.perf_counter() - started
-        return prepared
+        return prepare_request(self.processor, request)
 
     def stream(self, request: DescribeRequest) -> Iterator[str]:
         """Yield the description of one request piece by piece as it is generated."""
@@ -159,8 +148,8 @@ class Describer:
         finally:  # on Ctrl-C or an abandoned run, queued decodes are dropped rather than finished
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _prefetch(self, pool: ThreadPoolExecutor, requests: Iterable[DescribeRequest]) -> Iterator[_Prepared]:
-        window: deque[Future[_Prepared]] = deque()
+    def _prefetch(self, pool: ThreadPoolExecutor, requests: Iterable[DescribeRequest]) -> Iterator[PreparedRequest]:
+        window: deque[Future[PreparedRequest]] = deque()
         ahead = self.batch_size * GROUPING_WINDOW + self.num_workers  # the next window decodes during this one
         pending = iter(requests)
         for request in pending:
@@ -174,14 +163,14 @@ class Describer:
                 window.append(pool.submit(self.prepare, next_request))
             yield prepared
 
-    def _batched(self, prepared_items: Iterable[_Prepared]) -> Iterator[DescribeResult]:
+    def _batched(self, prepared_items: Iterable[PreparedRequest]) -> Iterator[DescribeResult]:
         """Batches of similar prompt length (so left padding stays small), results in request order.
 
         Items are sorted by length within a window of a few batches; a wider window would pad less
         but hold results back longer.
         """
         window_size = self.batch_size * (GROUPING_WINDOW if self.batch_size > 1 else 1)
-        window: list[_Prepared] = []
+        window: list[PreparedRequest] = []
         for prepared in prepared_items:
             window.append(prepared)
             if sum(item.error is None for item in window) == window_size:
@@ -190,7 +179,11 @@ class Describer:
         if window:
             yield from self._generate_window(window)
 
-    def _generate_window(self, window: list[_Prepared]) -> Iterator[DescribeResult]:
+    def describe_prepared(self, items: list[PreparedRequest]) -> list[DescribeResult]:
+        """Results for already prepared items, in their order (batched by prompt length; errors pass through)."""
+        return list(self._generate_window(items))
+
+    def _generate_window(self, window: list[PreparedRequest]) -> Iterator[DescribeResult]:
         ready = sorted((item for item in window if item.error is None), key=lambda item: len(item.ids))
         results: dict[int, DescribeResult] = {}
         for start in range(0, len(ready), self.batch_size):
@@ -199,7 +192,7 @@ class Describer:
         for item in window:
             yield results[id(item)] if item.error is None else item.result()
 
-    def _generate(self, ready: list[_Prepared]) -> list[DescribeResult]:
+    def _generate(self, ready: list[PreparedRequest]) -> list[DescribeResult]:
         """Results of one batch; a failure is pinned on the item(s) that cause it."""
         texts: dict[int, str] = {}
         errors: dict[int, str] = {}
@@ -219,13 +212,34 @@ class Describer:
         seconds = time.perf_counter() - started
         return [item.result(texts.get(id(item)), errors.get(id(item)), seconds) for item in ready]
 
-    def _inputs(self, items: list[_Prepared]) -> dict[str, torch.Tensor]:
+    def _inputs(self, items: list[PreparedRequest]) -> dict[str, torch.Tensor]:
         inputs = self.processor.pad([item.ids for item in items])
         inputs["pixel_values"] = torch.cat([item.pixels for item in items]).to(self.model.dtype)
         return inputs
 
-    def _generate_batch(self, items: list[_Prepared]) -> list[str]:
+    def _generate_batch(self, items: list[PreparedRequest]) -> list[str]:
         return generate_text(self.model, self.processor, self._inputs(items), self.generation)
+
+
+def prepare_request(processor: TarsierProcessor, request: DescribeRequest) -> PreparedRequest:
+    """Decode, sample and preprocess one request; a failure is recorded on it, not raised.
+
+    Needs only the processor, so it runs wherever media is (worker threads, or Ray's CPU tasks).
+    """
+    started = time.perf_counter()
+    prepared = PreparedRequest(request=request, prompt=request.prompt)
+    try:
+        frames = processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
+        prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
+        count = len(frames.images)
+        text = processor.format_prompt(prepared.prompt, count, frames.source)
+        prepared.ids = processor.encode_prompt(text, count, source=frames.source)
+        prepared.pixels = processor.pixel_values(frames.images)
+        prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
+    except Exception as exc:  # recorded per item; the job goes on
+        prepared.error = one_line(exc)
+    prepared.decode_seconds = time.perf_counter() - started
+    return prepared
 
 
 @functools.lru_cache(maxsize=2)

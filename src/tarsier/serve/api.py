@@ -137,7 +137,7 @@ class _ReplyText:
 
 def create_app(load: Loader, config: ServeConfig) -> FastAPI:
     """The FastAPI app; ``load`` runs in a background thread so /health can say "loading" meanwhile."""
-    state: dict[str, Any] = {"scheduler": None, "processor": None, "error": None, "draining": False}
+    state: dict[str, Any] = {"scheduler": None, "processor": None, "error": None, "draining": False, "preparing": 0}
     metrics = Metrics()
     media_pool = ThreadPoolExecutor(config.media_workers, thread_name_prefix="tarsier-media")
 
@@ -240,8 +240,14 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
         if chat.max_frames is not None and chat.max_frames > processor.max_n_frames:
             raise ApiError(400, f"max_frames is {chat.max_frames}, over this server's --max-frames of "
                            f"{processor.max_n_frames}", "max_frames")
+        if scheduler.queue_depth + state["preparing"] >= config.max_queue:  # refuse before decoding anything
+            raise ApiError(503, f"the server is busy: {config.max_queue} requests are already waiting; retry shortly")
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(media_pool, _prepare, processor, chat, config)
+        state["preparing"] += 1
+        try:
+            prepared = await loop.run_in_executor(media_pool, _prepare, processor, chat, config)
+        finally:
+            state["preparing"] -= 1
         reply = _Reply(loop)
         from tarsier.serve.scheduler import Job, QueueFull, ShuttingDown
 

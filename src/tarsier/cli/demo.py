@@ -1,0 +1,88 @@
+"""``tarsier demo``: the Gradio web page (upload a video, see its frames, chat about it)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+
+from tarsier.cli.options import (
+    add_generation_options,
+    add_model_options,
+    check_model_options,
+    generation_from_args,
+)
+
+EXAMPLES = """examples:
+  tarsier demo --model shapes-demo                 # offline, then open http://127.0.0.1:7860
+  tarsier demo --model omni-research/Tarsier-7b --max-frames 16 --port 8080
+  tarsier demo --model ./my-checkpoint --host 0.0.0.0   # reachable from other machines
+
+Upload a video, GIF or image (or pick a bundled sample) to see the frames the model gets, then ask
+questions; answers stream in, and later turns reuse the encoded video. The generation options set the
+sliders' starting values (--max-frames is the frame slider's end). The page is only on this machine
+(or your network, with --host) unless --share asks Gradio for a public link. Stop with Ctrl-C.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="a web page to upload a video and chat about it",
+        description="Serve a Gradio web page: upload a video, GIF or image, see the sampled frames, "
+        "and chat about it with streamed answers.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--share", action="store_true", help="also make a public *.gradio.live link (needs internet)")
+    add_model_options(parser)
+    add_generation_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tarsier.errors import TarsierError
+
+    check_model_options(args)
+    if not 0 < args.port < 65536:
+        raise TarsierError(f"--port must be between 1 and 65535, got {args.port}")
+    settings = generation_from_args(args)
+    check_port_free(args.host, args.port)  # before minutes of loading a large model, not after
+    from tarsier.runtime import load_pretrained
+    from tarsier.serve.demo import build_demo, launch_demo
+    from tarsier.serve.scheduler import Scheduler
+
+    model, processor = load_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames, progress=not args.no_progress
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tarsier: warning: binding {args.host} exposes the demo beyond this machine", file=sys.stderr)
+    scheduler = Scheduler(model, processor)
+    demo = build_demo(scheduler, processor, model_name=args.model, settings=settings)
+    try:
+        url, share_url = launch_demo(demo, args.host, args.port, share=args.share)
+        public = f" and {share_url}" if share_url else ""
+        print(f"tarsier: demo of {args.model} at {url}{public} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        threading.Event().wait()  # the server runs on its own threads until Ctrl-C
+    except KeyboardInterrupt:
+        print("tarsier: demo stopped", file=sys.stderr)
+    finally:
+        demo.close()
+        scheduler.close(drain=False, timeout=5)
+    return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One-line error when ``host:port`` cannot be bound (taken, or not this machine's address)."""
+    from tarsier.errors import TarsierError
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            sock.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TarsierError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
