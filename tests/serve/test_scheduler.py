@@ -104,3 +104,29 @@ def test_settings_are_checked(loaded):
     for bad in ({"max_batch_size": 0}, {"batch_wait_ms": -1}, {"max_queue": 0}):
         with pytest.raises(Exception, match="must be"):
             Scheduler(*loaded, **bad)
+
+
+def test_a_batch_waits_for_requests_still_decoding_their_media(loaded):
+    """A burst is one batch even when the later requests need longer to prepare than batch_wait."""
+    scheduler = Scheduler(*loaded, max_batch_size=4, batch_wait_ms=0, prepare_wait_ms=3000)
+    try:
+        records = [Recorder() for _ in range(3)]
+        started = threading.Barrier(3)
+
+        def arrive(index):
+            with scheduler.preparing():
+                started.wait()
+                time.sleep(0.3 * index)  # media decoding of different lengths
+                scheduler.submit(records[index].job(loaded, f"Question {index}", 3))
+
+        threads = [threading.Thread(target=arrive, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for record in records:
+            assert record.ended.wait(60) and record.error is None
+        assert scheduler.stats.batch_sizes == {3: 1}
+        assert scheduler.in_flight == 0 and scheduler.preparing_count == 0
+    finally:
+        scheduler.close()

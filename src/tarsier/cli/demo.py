@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import threading
 
@@ -13,6 +12,7 @@ from tarsier.cli.options import (
     check_model_options,
     generation_from_args,
 )
+from tarsier.serve.server import check_port_free
 
 EXAMPLES = """examples:
   tarsier demo --model shapes-demo                 # offline, then open http://127.0.0.1:7860
@@ -44,11 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tarsier.errors import TarsierError
-
     check_model_options(args)
-    if not 0 < args.port < 65536:
-        raise TarsierError(f"--port must be between 1 and 65535, got {args.port}")
     settings = generation_from_args(args)
     check_port_free(args.host, args.port)  # before minutes of loading a large model, not after
     from tarsier.runtime import load_pretrained
@@ -74,15 +70,3 @@ def run(args: argparse.Namespace) -> int:
         scheduler.close(drain=False, timeout=5)
     return 0
 
-
-def check_port_free(host: str, port: int) -> None:
-    """One-line error when ``host:port`` cannot be bound (taken, or not this machine's address)."""
-    from tarsier.errors import TarsierError
-
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
-            sock.bind((host, port))
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise TarsierError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None

@@ -56,8 +56,6 @@ def check_server_options(args: argparse.Namespace) -> str | None:
     from tarsier.errors import TarsierError
 
     check_model_options(args)
-    if not 0 < args.port < 65536:
-        raise TarsierError(f"--port must be between 1 and 65535, got {args.port}")
     for name in ("max_batch_size", "max_queue", "max_tokens", "media_workers"):
         if getattr(args, name) < 1:
             raise TarsierError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -75,6 +73,9 @@ def check_server_options(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     key = check_server_options(args)
+    from tarsier.serve.server import check_port_free
+
+    check_port_free(args.host, args.port)  # before a hub download or model load, not after
     from tarsier.checkpoints import checkpoint_folder
     from tarsier.serve.api import ServeConfig, create_app
     from tarsier.serve.media_sources import MediaPolicy

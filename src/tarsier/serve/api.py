@@ -137,7 +137,7 @@ class _ReplyText:
 
 def create_app(load: Loader, config: ServeConfig) -> FastAPI:
     """The FastAPI app; ``load`` runs in a background thread so /health can say "loading" meanwhile."""
-    state: dict[str, Any] = {"scheduler": None, "processor": None, "error": None, "draining": False, "preparing": 0}
+    state: dict[str, Any] = {"scheduler": None, "processor": None, "error": None, "draining": False}
     metrics = Metrics()
     media_pool = ThreadPoolExecutor(config.media_workers, thread_name_prefix="tarsier-media")
 
@@ -240,25 +240,22 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
         if chat.max_frames is not None and chat.max_frames > processor.max_n_frames:
             raise ApiError(400, f"max_frames is {chat.max_frames}, over this server's --max-frames of "
                            f"{processor.max_n_frames}", "max_frames")
-        if scheduler.queue_depth + state["preparing"] >= config.max_queue:  # refuse before decoding anything
+        if scheduler.queue_depth + scheduler.preparing_count >= config.max_queue:  # refuse before decoding
             raise ApiError(503, f"the server is busy: {config.max_queue} requests are already waiting; retry shortly")
         loop = asyncio.get_running_loop()
-        state["preparing"] += 1
-        try:
-            prepared = await loop.run_in_executor(media_pool, _prepare, processor, chat, config)
-        finally:
-            state["preparing"] -= 1
         reply = _Reply(loop)
         from tarsier.serve.scheduler import Job, QueueFull, ShuttingDown
 
-        job = Job(prepared.ids, prepared.pixels, chat.settings, reply.on_token, reply.on_end)
-        reply.job = job
-        try:
-            scheduler.submit(job)
-        except QueueFull as exc:
-            raise ApiError(503, f"the server is busy: {exc}") from None
-        except ShuttingDown:
-            raise ApiError(503, "the server is shutting down") from None
+        with scheduler.preparing():  # the next batch waits for this request's media
+            prepared = await loop.run_in_executor(media_pool, _prepare, processor, chat, config)
+            job = Job(prepared.ids, prepared.pixels, chat.settings, reply.on_token, reply.on_end)
+            reply.job = job
+            try:
+                scheduler.submit(job)
+            except QueueFull as exc:
+                raise ApiError(503, f"the server is busy: {exc}") from None
+            except ShuttingDown:
+                raise ApiError(503, "the server is shutting down") from None
         completion = _Completion(chat, config.model_name, prepared.prompt_tokens, started, body.get("return_token_ids") is True)
         if chat.stream:
             return StreamingResponse(

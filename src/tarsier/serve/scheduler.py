@@ -1,7 +1,9 @@
 """One loaded model shared by concurrent requests: a queue, a model thread, batches formed on arrival.
 
 Requests that arrive within ``batch_wait_ms`` of the first waiting one (up to ``max_batch_size``)
-run as one left-padded batch through :func:`tarsier.generation.iter_tokens`. Each request gets its
+run as one left-padded batch; requests whose media is still being decoded (:meth:`Scheduler.preparing`)
+are waited for too, up to ``prepare_wait_ms``, so a burst is not split into a lone first request and
+the rest. They run through :func:`tarsier.generation.iter_tokens`. Each request gets its
 own tokens as they are generated and stops at its own EOS or token limit; a finished or cancelled
 row leaves the batch, so it neither holds up nor costs the others. Greedy output is the same alone
 or in a batch (the engine's guarantee).
@@ -21,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -87,6 +90,7 @@ class Scheduler:
         max_batch_size: int = 8,
         batch_wait_ms: float = 10.0,
         max_queue: int = 64,
+        prepare_wait_ms: float = 2000.0,
     ):
         if max_batch_size < 1:
             raise TarsierError(f"max batch size must be at least 1, got {max_batch_size}")
@@ -98,10 +102,12 @@ class Scheduler:
         self.processor = processor
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
+        self.prepare_wait = max(prepare_wait_ms, batch_wait_ms) / 1000
         self.max_queue = max_queue
         self.stats = SchedulerStats()
         self._waiting: deque[Job | _Exclusive] = deque()
-        self._running = 0  # jobs in the batch being generated
+        self._running = 0  # jobs in the batch being generated and not yet ended
+        self._preparing = 0  # requests announced by preparing(), not yet submitted
         self._condition = threading.Condition()
         self._accepting = True
         self._thread = threading.Thread(target=self._loop, name="tarsier-model", daemon=True)
@@ -117,6 +123,23 @@ class Scheduler:
     def in_flight(self) -> int:
         """Jobs waiting or being generated."""
         return len(self._waiting) + self._running
+
+    @property
+    def preparing_count(self) -> int:
+        """Requests whose media is being decoded, to be submitted shortly."""
+        return self._preparing
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Announce a job that will be submitted inside this block, so the next batch waits for it."""
+        with self._condition:
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._preparing -= 1
+                self._condition.notify_all()
 
     def submit(self, job: Job) -> None:
         """Queue ``job``; raises :class:`QueueFull` or :class:`ShuttingDown` instead of waiting."""
@@ -187,8 +210,10 @@ class Scheduler:
                 self._condition.wait()
             if isinstance(self._waiting[0], _Exclusive):
                 return self._waiting.popleft()
-            deadline = self._waiting[0].queued_at + self.batch_wait
+            first = self._waiting[0].queued_at
             while self._accepting and self._batchable() < self.max_batch_size:
+                # requests still decoding their media are worth waiting for, a little longer
+                deadline = first + (self.prepare_wait if self._preparing else self.batch_wait)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -278,6 +303,7 @@ class Scheduler:
                 counts[row] += 1
                 if (token == eos and not job.settings.ignore_eos) or counts[row] >= job.settings.max_new_tokens:
                     ended.add(row)
+                    self._running -= 1
                     job.on_end(None)
             tokens[0] += len(step)
             self.stats.generated_tokens += len(step)

@@ -13,21 +13,22 @@ from tarsier.errors import TarsierError
 
 
 def check_port_free(host: str, port: int) -> None:
-    """One clear line for a port in use, instead of uvicorn's log and exit."""
+    """One clear line for a bad, taken or foreign address, before minutes of loading a model."""
+    if not 0 < port < 65536:
+        raise TarsierError(f"--port must be between 1 and 65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise TarsierError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+            reason = exc.strerror or str(exc)
+            raise TarsierError(f"cannot listen on {host}:{port} ({reason}); choose another --port or --host") from None
 
 
 def run_server(app: Any, host: str, port: int) -> int:
     """Serve until SIGTERM/Ctrl-C; requests in progress finish, new ones get 503 meanwhile."""
     import uvicorn
-
-    check_port_free(host, port)
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
