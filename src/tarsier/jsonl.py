@@ -116,13 +116,22 @@ class OutputLock:
     to clean up. Taking it also proves the output is writable before any model is loaded.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, folder: bool = False):
         self.path = Path(path)
+        self.folder = folder  # an output folder of shards rather than one file
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._handle: Any = None
 
     def acquire(self) -> OutputLock:
-        check_output_file(self.path)
+        if self.folder:
+            if self.path.exists() and not self.path.is_dir():
+                raise TarsierError(f"{self.path}: is a file; an output without .jsonl is a folder of shards")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TarsierError(f"{self.path}: cannot write here ({exc.strerror or exc})") from None
+        else:
+            check_output_file(self.path)
         try:
             handle = self.lock_path.open("a+", encoding="utf-8")
         except OSError as exc:
@@ -139,7 +148,7 @@ class OutputLock:
             owner = handle.read().strip() or "unknown"
             handle.close()
             raise TarsierError(
-                f"{self.path}: another tarsier process (pid {owner}) is writing to this file; "
+                f"{self.path}: another tarsier process (pid {owner}) is writing to this output; "
                 "wait for it to finish or choose another output"
             ) from None
         handle.seek(0)

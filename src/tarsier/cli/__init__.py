@@ -12,7 +12,7 @@ import os
 import sys
 
 # Sub-command modules under tarsier.cli, in the order `tarsier --help` lists them.
-COMMANDS = ["describe", "chat", "caption", "bench", "eval", "train", "serve", "demo"]
+COMMANDS = ["describe", "chat", "caption", "merge", "bench", "eval", "train", "serve", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tarsier.cli.options import add_generation_options, add_model_options, check_model_options, generation_from_args
+from tarsier.cli.options import (
+    add_engine_options,
+    add_generation_options,
+    add_model_options,
+    check_model_options,
+    generation_from_args,
+    make_describer,
+)
 
 if TYPE_CHECKING:
     from tarsier.eval.annotations import Selection, VideoResolver
@@ -107,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runner.add_argument("--num-workers", type=int, default=2, help="background threads decoding videos (default: 2)")
     add_model_options(runner)
     add_generation_options(runner)
+    add_engine_options(runner)
     runner.set_defaults(run=run_bench)
 
 
@@ -220,19 +228,8 @@ def bench(args: argparse.Namespace, settings: RunSettings, selection: Selection,
         if not work.todo:
             print(f"nothing to run; predictions are in {settings.output}", file=sys.stderr)
         return 0
-    from tarsier.inference import Describer
-
     generation = generation_from_args(args)
-    describer = Describer.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_n_frames=args.max_frames,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        generation=generation,
-        progress=not args.no_progress,
-    )
+    describer = make_describer(args, generation)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat()
     ok, failed = runner.run(work, describer, settings)
     meta = runner.write_meta(
@@ -243,6 +240,7 @@ def bench(args: argparse.Namespace, settings: RunSettings, selection: Selection,
             "dtype": args.dtype,
             "device": args.device,
             "batch_size": args.batch_size,
+            "engine": args.engine,
             "generation": vars(generation),
             "benchmarks": list(selection.items),
             "annotations": [str(f) for f in selection.files],

@@ -6,13 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from tarsier.cli.inputs import MediaInput, expand_paths, read_input_list
+from tarsier.cli.inputs import MANIFEST_SUFFIXES, MediaInput, expand_paths, read_input_list
 from tarsier.cli.options import (
+    add_engine_options,
     add_generation_options,
     add_model_options,
     add_prompt_option,
     check_model_options,
     generation_from_args,
+    make_describer,
 )
 from tarsier.errors import TarsierError
 
@@ -21,6 +23,8 @@ EXAMPLES = """examples:
   tarsier caption list.txt --output captions.jsonl          # one path per line
   tarsier caption items.jsonl --output captions.jsonl       # {"path": ..., "prompt": ..., "start_time": ..., "end_time": ..., "id": ...}
   tarsier caption videos/ --output captions.jsonl --retry-errors
+  tarsier caption manifest.parquet --output captions/ --engine ray --replicas 2   # a folder of shards
+  tarsier merge captions/ --output captions.jsonl                                  # one file of the shards
 
 Each output line: {"key", "path", "id", "prompt", "start_time", "end_time", "text", "frames",
 "total_frames", "decode_seconds", "generate_seconds", "error", "model"}. "key" identifies the item by
@@ -28,6 +32,10 @@ everything that changes its caption (path, prompt, time window, --max-frames), s
 with three windows or two prompts is three or two items. Rerunning with the same --output skips every
 key already written, so an interrupted job continues where it stopped; a crash never leaves a torn
 line, and a second process on the same output is refused while the first runs.
+
+Manifests: .txt (one path per line), .jsonl, .csv or .parquet (columns path, prompt, start_time,
+end_time, id), local or at a URI (file://, s3://, gs://, hdfs://). An --output that does not end in
+.jsonl is a folder of part-*.jsonl shards, each written whole (for --engine ray and large jobs).
 """
 
 
@@ -40,16 +48,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="INPUT_DIR_OR_LIST", help="folder of media, or a .txt / .jsonl list of paths")
-    parser.add_argument("--output", "-o", required=True, help="JSONL file to append results to")
+    parser.add_argument("input", metavar="INPUT", help="folder of media, or a .txt/.jsonl/.csv/.parquet manifest (path or URI)")
+    parser.add_argument("--output", "-o", required=True, help="JSONL file to append results to, or a folder of shards")
     add_prompt_option(parser, "instruction for every item that has none (default: describe in detail)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos generated together (default: 4; see README Performance)")
     parser.add_argument("--num-workers", type=int, default=2, help="background threads decoding frames (default: 2)")
     parser.add_argument("--recursive", action="store_true", help="include media in sub-folders of INPUT")
     parser.add_argument("--retry-errors", action="store_true", help="drop failed items from OUTPUT and try them again")
     parser.add_argument("--limit", type=int, default=None, help="caption at most N new items")
+    parser.add_argument("--shard-size", type=int, default=500, help="records per shard when OUTPUT is a folder (default: 500)")
     add_model_options(parser)
     add_generation_options(parser)
+    add_engine_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -57,11 +67,11 @@ def collect_inputs(source: str, recursive: bool) -> list[MediaInput]:
     path = Path(source)
     if path.is_dir():
         return expand_paths([source], recursive=recursive)
-    if path.is_file() and path.suffix.lower() in (".txt", ".jsonl", ".list"):
-        return read_input_list(path)
+    if "://" in source or (path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES):
+        return read_input_list(source)
     if not path.exists():
         raise TarsierError(f"{source}: no such file or folder")
-    raise TarsierError(f"{source}: expected a folder or a .txt/.jsonl list of media paths")
+    raise TarsierError(f"{source}: expected a folder or a .txt/.jsonl/.csv/.parquet manifest of media paths")
 
 
 def unique_items(items: list[MediaInput], max_frames: int) -> dict[str, MediaInput]:
@@ -93,16 +103,19 @@ def done_in(records: list[dict], items: dict[str, MediaInput]) -> set[str]:
 
 def run(args: argparse.Namespace) -> int:
     from tarsier.jsonl import OutputLock
+    from tarsier.scale.shards import is_shard_folder
 
     check_model_options(args)
     if args.limit is not None and args.limit < 1:
         raise TarsierError(f"--limit must be at least 1, got {args.limit}")
+    if args.shard_size < 1:
+        raise TarsierError(f"--shard-size must be at least 1, got {args.shard_size}")
     output = Path(args.output)
     items = collect_inputs(args.input, args.recursive)
     for item in items:
         item.prompt = item.prompt if item.prompt is not None else args.prompt
     by_key = unique_items(items, args.max_frames)
-    with OutputLock(output):  # also proves OUTPUT is writable before the model loads
+    with OutputLock(output, folder=is_shard_folder(output)):  # also proves OUTPUT is writable before the model loads
         return caption(args, output, by_key)
 
 
@@ -110,13 +123,13 @@ def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput
     """The captioning run proper; the caller holds the output's lock."""
     from tqdm import tqdm
 
-    from tarsier.inference import DescribeRequest, Describer
-    from tarsier.jsonl import JsonlAppender, drop_records, read_records
+    from tarsier.inference import DescribeRequest
 
-    if args.retry_errors and output.exists():
-        dropped = drop_records(output, lambda record: bool(record.get("error")))
+    output_file = OutputFile(output, args.shard_size)
+    if args.retry_errors:
+        dropped = output_file.drop(lambda record: bool(record.get("error")))
         print(f"retrying {dropped} failed item(s)", file=sys.stderr)
-    records = read_records(output)
+    records = output_file.records()
     done = done_in(records, by_key)
     todo = [key for key in by_key if key not in done]
     if args.limit is not None:
@@ -131,18 +144,14 @@ def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput
         )
     if not todo:
         return 0
-    describer = Describer.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-        batch_size=args.batch_size, num_workers=args.num_workers, generation=generation_from_args(args),
-        progress=not args.no_progress,
-    )
+    describer = make_describer(args, generation_from_args(args))
     requests = [
         DescribeRequest(key, by_key[key].path, by_key[key].prompt, by_key[key].start_time, by_key[key].end_time)
         for key in todo
     ]
     failed = 0
     with (
-        JsonlAppender(output) as sink,
+        output_file.writer() as sink,
         tqdm(total=len(requests), unit="video", desc="captioning", file=sys.stderr, disable=args.no_progress) as bar,
     ):
         for result in describer.run(requests):
@@ -168,6 +177,40 @@ def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput
                 failed += 1
                 where = "" if item.path in result.error else f"{item.path}: "
                 bar.write(f"tarsier: error: {where}{result.error}")
+                bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
     print(f"captioned {len(requests) - failed}, failed {failed} -> {output}", file=sys.stderr)
     return 1 if failed else 0
+
+
+class OutputFile:
+    """A caption output: one JSONL file appended line by line, or a folder of whole shards."""
+
+    def __init__(self, path: Path, shard_size: int = 500):
+        from tarsier.scale.shards import is_shard_folder, remove_pending
+
+        self.path = path
+        self.shard_size = shard_size
+        self.sharded = is_shard_folder(path)
+        if self.sharded and path.is_dir():
+            remove_pending(path)  # shards a killed run left half-written: their items run again
+
+    def records(self) -> list[dict]:
+        from tarsier.jsonl import read_records
+        from tarsier.scale.shards import read_shard_records
+
+        return read_shard_records(self.path) if self.sharded else read_records(self.path)
+
+    def drop(self, unwanted) -> int:
+        from tarsier.jsonl import drop_records
+        from tarsier.scale.shards import drop_shard_records
+
+        if not self.path.exists():
+            return 0
+        return drop_shard_records(self.path, unwanted) if self.sharded else drop_records(self.path, unwanted)
+
+    def writer(self):
+        from tarsier.jsonl import JsonlAppender
+        from tarsier.scale.shards import ShardWriter
+
+        return ShardWriter(self.path, rows=self.shard_size) if self.sharded else JsonlAppender(self.path)

@@ -7,6 +7,7 @@ second instead of after the multi-second import of torch and transformers.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from tarsier.checkpoints import DEFAULT_MODEL
 
@@ -84,3 +85,45 @@ def check_model_options(args: argparse.Namespace) -> None:
         raise TarsierError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if hasattr(args, "max_new_tokens"):
         generation_from_args(args)  # validates the numbers
+    if getattr(args, "engine", "local") == "ray":
+        from tarsier.scale.ray_describer import RaySettings, require_ray
+
+        RaySettings(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica or 0, decode_workers=args.decode_workers)
+        require_ray()
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine (scale-out with Ray; see docs/scale.md)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process (default); ray: Ray Data on this machine or a cluster (pip install -e \".[ray]\")")
+    group.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="with --engine ray: 'auto' or ray://HOST:10001 to join a cluster (default: start Ray on this machine)")
+    group.add_argument("--replicas", type=int, default=1, help="with --engine ray: model actors, one loaded model each (default: 1)")
+    group.add_argument("--gpus-per-replica", type=float, default=None,
+                       help="with --engine ray: GPUs per model actor (default: 1 if this machine has a GPU, else 0)")
+    group.add_argument("--decode-workers", type=int, default=2, help="with --engine ray: CPU tasks decoding media (default: 2)")
+
+
+def make_describer(args: argparse.Namespace, generation: Any) -> Any:
+    """The in-process :class:`Describer`, or the Ray one with the same ``run`` (``--engine``)."""
+    if getattr(args, "engine", "local") == "ray":
+        from tarsier.scale.ray_describer import RayDescriber, RaySettings, require_ray
+
+        require_ray()
+        gpus = args.gpus_per_replica
+        if gpus is None:  # on a cluster whose driver has no GPU, say --gpus-per-replica 1
+            import torch
+
+            on_gpu = str(args.device).startswith("cuda") or (args.device in (None, "auto") and torch.cuda.is_available())
+            gpus = 1.0 if on_gpu else 0.0
+        settings = RaySettings(address=args.ray_address, replicas=args.replicas, gpus_per_replica=gpus,
+                               decode_workers=args.decode_workers)
+        return RayDescriber(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
+                            batch_size=args.batch_size, generation=generation, settings=settings)
+    from tarsier.inference import Describer
+
+    return Describer.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
+        batch_size=args.batch_size, num_workers=args.num_workers, generation=generation,
+        progress=not args.no_progress,
+    )

@@ -1,0 +1,1 @@
+"""Scale-out: the Ray engine (``--engine ray``) and output folders of shards. See docs/scale.md."""

@@ -1,0 +1,123 @@
+"""A folder of JSONL shards as a job's output: every shard appears whole or not at all.
+
+Large captioning jobs write ``part-*.jsonl`` files into a folder instead of appending to one file:
+a shard is written under a temporary name, synced, and renamed into place, so a crash (kill -9
+included) never leaves a half-written shard that a rerun would read as done; the records it held are
+simply run again. Resume reads every shard; ``merge_shards`` makes one JSONL of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tarsier.errors import TarsierError
+from tarsier.jsonl import read_records
+
+SHARD_GLOB = "part-*.jsonl"
+PENDING_SUFFIX = ".pending"
+
+
+def is_shard_folder(output: str | Path) -> bool:
+    """An output that is not a ``.jsonl`` file is a folder of shards."""
+    return Path(output).suffix.lower() != ".jsonl"
+
+
+def shard_files(folder: str | Path) -> list[Path]:
+    return sorted(Path(folder).glob(SHARD_GLOB))
+
+
+def read_shard_records(folder: str | Path) -> list[dict[str, Any]]:
+    """Every record of every complete shard, in shard-name order (older runs first)."""
+    records: list[dict[str, Any]] = []
+    for shard in shard_files(folder):
+        records.extend(read_records(shard))
+    return records
+
+
+def drop_shard_records(folder: str | Path, unwanted: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite each shard without the records ``unwanted`` picks (each shard atomically)."""
+    dropped = 0
+    for shard in shard_files(folder):
+        records = read_records(shard)
+        kept = [record for record in records if not unwanted(record)]
+        if len(kept) == len(records):
+            continue
+        dropped += len(records) - len(kept)
+        if kept:
+            _write_atomically(shard, kept)
+        else:
+            shard.unlink()
+    return dropped
+
+
+def remove_pending(folder: str | Path) -> int:
+    """Delete shards a crashed run left half-written (call while holding the output's lock)."""
+    pending = list(Path(folder).glob(f"part-*{PENDING_SUFFIX}"))
+    for path in pending:
+        path.unlink()
+    return len(pending)
+
+
+def merge_shards(folder: str | Path, output: str | Path, key: str = "key") -> int:
+    """One JSONL of the folder's shards, one line per ``key`` (the latest record wins); returns lines."""
+    by_key: dict[Any, dict[str, Any]] = {}
+    for record in read_shard_records(folder):
+        by_key.pop(record.get(key), None)  # re-insert so the order is that of the latest records
+        by_key[record.get(key)] = record
+    _write_atomically(Path(output), list(by_key.values()))
+    return len(by_key)
+
+
+class ShardWriter:
+    """Collects records and writes them as a new shard every ``rows`` records or ``seconds``."""
+
+    def __init__(self, folder: str | Path, rows: int = 500, seconds: float = 30.0):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TarsierError(f"{self.folder}: cannot write here ({exc.strerror or exc})") from None
+        self.rows, self.seconds = rows, seconds
+        # Names sort by start time (to the nanosecond), so "older shards first" holds across runs.
+        now = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 1_000_000_000)) + f".{now % 1_000_000_000:09d}"
+        self._prefix = f"part-{stamp}-{uuid.uuid4().hex[:8]}"
+        self._count = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._since = time.monotonic()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= self.rows or time.monotonic() - self._since >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            _write_atomically(self.folder / f"{self._prefix}-{self._count:05d}.jsonl", self._buffer)
+            self._count += 1
+            self._buffer = []
+        self._since = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # also on Ctrl-C: finished records are kept
+
+
+def _write_atomically(path: Path, records: list[dict[str, Any]]) -> None:
+    scratch = path.with_name(path.name + PENDING_SUFFIX)
+    with scratch.open("w", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(scratch, path)
