@@ -211,3 +211,235 @@ def build_random_checkpoint(
     settings = ImageSettings(size=preset.image_size, crop_size=preset.image_size)
     (folder / "preprocessor_config.json").write_text(json.dumps(settings.to_dict(), indent=2) + "\n")
     return folder
+
+
+# --- Tarsier2 ------------------------------------------------------------------------------------
+
+# Qwen2's special tokens at their real ids; the embedding matrix ends right after the last one.
+QWEN2_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN2_FIRST_SPECIAL_ID = 151643
+TARSIER2_VOCAB_SIZE = QWEN2_FIRST_SPECIAL_ID + len(QWEN2_SPECIAL_TOKENS)  # 151,657
+QWEN2_SPECIAL_IDS = {token: QWEN2_FIRST_SPECIAL_ID + i for i, token in enumerate(QWEN2_SPECIAL_TOKENS)}
+
+# Qwen2's pre-tokenisation pattern: contractions, letter runs, single digits, punctuation, spaces.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# What the tiny BPE learns its merges from: the words our prompts use.
+_BPE_CORPUS = (
+    "You are a helpful assistant. Describe the video in detail. Describe the image in detail. "
+    "What is the person doing? Question: Which object moves first?\n(A) the ball\n(B) the cup\nAnswer: ("
+)
+
+# A Qwen2-VL-style processor template (written for these tests): a default system turn, media
+# parts as <|vision_start|> pad <|vision_end|>, text parts verbatim.
+TARSIER2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Tarsier2Preset:
+    """Widths and depths of a random Tarsier2 checkpoint; the vision geometry is always the real one."""
+
+    vision_width: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_width: int = 32
+    text_layers: int = 2
+    text_heads: int = 2
+    text_kv_heads: int = 1
+    mrope_section: tuple[int, int, int] = (2, 3, 3)  # sums to head_dim / 2 (real: 16, 24, 24 of 64)
+
+
+def tarsier2_official_config(preset: Tarsier2Preset) -> dict[str, Any]:
+    """A Tarsier2 config.json shaped like the published one, including keys that must be ignored."""
+    ids = QWEN2_SPECIAL_IDS
+    return {
+        "architectures": ["TarsierForConditionalGeneration"],
+        "auto_map": {"AutoConfig": "models--modeling_tarsier.LlavaConfig"},
+        "ignore_index": -100,
+        "image_new_idx": 32003,
+        "image_newline_idx": 32002,
+        "image_token_index": ids["<|image_pad|>"],
+        "model_type": "llava",
+        "projection_head": None,
+        "projector_hidden_act": "gelu",
+        "text_config": {
+            "architectures": ["Qwen2VLForCausalLM"],
+            "attention_dropout": 0.0,
+            "auto_map": {"AutoConfig": "models--modeling_qwen2_vl_fast.Qwen2VLConfig"},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "hidden_act": "silu",
+            "hidden_size": preset.text_width,
+            "image_token_id": ids["<|image_pad|>"],
+            "initializer_range": 0.02,
+            "intermediate_size": preset.text_width * 2,
+            "max_position_embeddings": 32768,
+            "max_window_layers": preset.text_layers,
+            "model_type": "qwen2_vl",
+            "num_attention_heads": preset.text_heads,
+            "num_hidden_layers": preset.text_layers,
+            "num_key_value_heads": preset.text_kv_heads,
+            "rms_norm_eps": 1e-06,
+            "rope_scaling": {"mrope_section": list(preset.mrope_section), "type": "mrope"},
+            "rope_theta": 1000000.0,
+            "sliding_window": 32768,
+            "spatial_merge_size": 2,
+            "tie_word_embeddings": False,
+            "torch_dtype": "bfloat16",
+            "use_cache": True,
+            "use_sliding_window": False,
+            "video_token_id": ids["<|video_pad|>"],
+            "vision_end_token_id": ids["<|vision_end|>"],
+            "vision_start_token_id": ids["<|vision_start|>"],
+            "vision_token_id": ids["<|vision_pad|>"],
+            "vocab_size": TARSIER2_VOCAB_SIZE,
+        },
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.46.2",
+        "vision_config": {
+            "auto_map": {"AutoConfig": "models--modeling_qwen2_vl_fast.Qwen2VLVisionConfig"},
+            "depth": preset.vision_layers,
+            "embed_dim": preset.vision_width,
+            "hidden_act": "quick_gelu",
+            "hidden_size": preset.text_width,  # the merger's output: the LLM width
+            "in_chans": 3,
+            "mlp_ratio": 2,
+            "model_type": "qwen2_vl",
+            "num_heads": preset.vision_heads,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+    }
+
+
+def write_qwen2_tokenizer(folder: Path) -> None:
+    """A small byte-level BPE with Qwen2's pre-tokeniser, decoder and special tokens at their real ids.
+
+    The tokenizers library numbers added tokens after the model's vocabulary, so the special tokens
+    also enter the BPE vocabulary with their ids; ``added_tokens`` then keeps those ids.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([_BPE_CORPUS], trainer)
+    spec = json.loads(tokenizer.to_str())
+    spec["model"]["vocab"].update(QWEN2_SPECIAL_IDS)
+    spec["added_tokens"] = [
+        {"id": token_id, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+        for token, token_id in QWEN2_SPECIAL_IDS.items()
+    ]
+    (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    tokenizer_config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": {str(i): entry for i, entry in ((t["id"], t) for t in spec["added_tokens"])},
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "model_max_length": 32768,
+        "padding_side": "left",
+        "split_special_tokens": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def build_random_tarsier2_checkpoint(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    preset: Tarsier2Preset = Tarsier2Preset(),
+    max_shard_size: str = "8MB",
+) -> Path:
+    """Write a random Tarsier2 checkpoint to ``folder`` in the official layout and return the path.
+
+    Tiny widths, real vision geometry (patch 14, spatial merge 2, temporal patch 2) and the real
+    token ids, so the embedding has 151,657 rows. Files: config.json (published shape, with
+    ``auto_map`` entries that must be ignored), sharded safetensors with an index, tokenizer.json and
+    tokenizer_config.json, chat_template.json, preprocessor_config.json, generation_config.json.
+    """
+    from tarsier.model import Tarsier2Config, Tarsier2ForConditionalGeneration
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_dict = tarsier2_official_config(preset)
+    torch.manual_seed(seed)
+    model = Tarsier2ForConditionalGeneration(Tarsier2Config(**json.loads(json.dumps(config_dict))))
+    model.to(torch.bfloat16).save_pretrained(str(folder), max_shard_size=max_shard_size)  # stored as published
+    (folder / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+    write_qwen2_tokenizer(folder)
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": TARSIER2_CHAT_TEMPLATE}, indent=2) + "\n")
+    preprocessor = {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "min_pixels": 3136,
+        "max_pixels": 12845056,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    generation = {
+        "bos_token_id": QWEN2_SPECIAL_IDS["<|endoftext|>"],
+        "do_sample": False,
+        "eos_token_id": [QWEN2_SPECIAL_IDS["<|im_end|>"], QWEN2_SPECIAL_IDS["<|endoftext|>"]],
+        "max_new_tokens": 512,
+        "pad_token_id": QWEN2_SPECIAL_IDS["<|endoftext|>"],
+    }
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         url, share_url = launch_demo(demo, args.host, args.port, share=args.share)
         public = f" and {share_url}" if share_url else ""
         print(f"tarsier: demo of {args.model} at {url}{public} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends it like Ctrl-C
         threading.Event().wait()  # the server runs on its own threads until Ctrl-C
     except KeyboardInterrupt:
         print("tarsier: demo stopped", file=sys.stderr)
@@ -70,3 +72,7 @@ def run(args: argparse.Namespace) -> int:
         scheduler.close(drain=False, timeout=5)
     return 0
 
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,391 @@
+"""Tarsier2Processor: media -> ``pixel_values`` + ``image_grid_thw``, prompt -> ``input_ids``, as the reference.
+
+Frames (the reference's inference defaults):
+
+- 16 frames per video, spread evenly with first and last (:func:`tarsier.media.sample_frame_indices`);
+  a video with no more frames than that gives every frame once (the first generation repeated frames
+  instead); one frame is frame 0. GIFs and frame folders alike; an image is one frame.
+- A frame larger than 460,800 pixels is shrunk (aspect kept, PIL bicubic) to fit; a sample's frames
+  also share a budget of 128 x 384 x 384 pixels, counted over the images fed, so long videos get
+  smaller frames.
+- Every frame is fed twice in a row, so each temporal patch of 2 holds one real frame: n frames make
+  ONE grid ``(n, h/14, w/14)`` in ``image_grid_thw``. Resizing to multiples of 28, rescaling and
+  normalising are the checkpoint's ``Qwen2VLImageProcessor`` settings (transformers' PIL backend; its
+  video processor needs torchvision, which we do not depend on); the temporal pairs are cut here.
+
+Text: the checkpoint's own ``chat_template.json`` renders one user turn, media first then the
+question (the v1 form ``<video>\\nQUESTION`` gives exactly the prompt of ``QUESTION``), then the
+media block between ``<|vision_start|>`` and ``<|vision_end|>`` becomes ``t*h*w/4`` ``<|image_pad|>``
+ids whatever pad the template wrote. Batches are left-padded. ``generation_config.json`` is read
+into :attr:`Tarsier2Processor.generation_config` for the generation settings to honour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, PreTrainedTokenizerBase
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+
+from tarsier.checkpoints import resolve_checkpoint_dir
+from tarsier.errors import CheckpointError, MediaError, PromptError
+from tarsier.media import SampledFrames, load_frames
+from tarsier.model.configuration_tarsier2 import Tarsier2Config
+from tarsier.processor import MediaItem, _media_per_prompt
+from tarsier.prompting import counted
+
+TARSIER2_PROCESSOR_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+# Placeholders of the first generation's prompts; the newlines after one belong to it.
+_PLACEHOLDER = re.compile(r"(?:<video>|<image>)\n*")
+
+
+@dataclass(frozen=True)
+class FrameRules:
+    """How many frames a video gives and how many pixels they may have before the image processor."""
+
+    n_frames: int = 16
+    max_n_frames: int = 256
+    max_pixels: int = 460_800  # per frame: 1280 x 720 / 2
+    min_pixels: int = 0
+    max_pixels_per_sample: int = 128 * 384 * 384  # over all images fed for one prompt
+
+    def pixel_limits(self, n_images: int) -> tuple[int, int]:
+        """(min, max) pixels per frame when a sample feeds ``n_images`` images."""
+        max_pixels = min(self.max_pixels, self.max_pixels_per_sample // n_images)
+        return min(self.min_pixels, max_pixels), max_pixels
+
+
+def every_frame_once(sampled: SampledFrames) -> SampledFrames:
+    """Drop the repeats the first generation's rule makes when a clip has fewer frames than asked.
+
+    ``round(i * (T - 1) / (n - 1))`` steps by less than one frame when ``T < n``, so it visits every
+    frame of the clip, in order, with repeats; removing them leaves each frame once. For ``T >= n``
+    it has no repeats and this changes nothing.
+    """
+    keep = [i for i, index in enumerate(sampled.indices) if i == 0 or index != sampled.indices[i - 1]]
+    if len(keep) == len(sampled.indices):
+        return sampled
+    return dataclasses.replace(
+        sampled, images=[sampled.images[i] for i in keep], indices=[sampled.indices[i] for i in keep]
+    )
+
+
+def cap_pixels(image: Image.Image, min_pixels: int, max_pixels: int, source: str | None = None) -> Image.Image:
+    """Shrink (or grow) a frame to ``[min_pixels, max_pixels]``, aspect kept, as the reference does."""
+    try:
+        height, width = smart_resize(image.height, image.width, factor=1, min_pixels=min_pixels, max_pixels=max_pixels)
+    except ValueError as error:  # an aspect ratio over 200
+        raise MediaError(f"{source or 'a frame'}: {error}") from None
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def cut_temporal_patches(clip: np.ndarray, patch: int, merge: int, temporal: int) -> tuple[np.ndarray, list[int]]:
+    """Frames ``[T, C, H, W]`` -> patches ``[T/temporal * H/patch * W/patch, C*temporal*patch*patch]``.
+
+    Rows go time slot by time slot, and within a slot by ``merge x merge`` block (the tokens the
+    merger forms), then row and column inside the block. Returns the patches and the grid (t, h, w).
+    """
+    frames, channels, height, width = clip.shape
+    t, h, w = frames // temporal, height // patch, width // patch
+    patches = clip.reshape(t, temporal, channels, h // merge, merge, patch, w // merge, merge, patch)
+    patches = patches.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return patches.reshape(t * h * w, channels * temporal * patch * patch), [t, h, w]
+
+
+def load_qwen2_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The checkpoint's ``tokenizer.json`` taken verbatim (no BOS; Qwen2 adds none), padding on the left."""
+    from transformers import PreTrainedTokenizerFast
+
+    if not (folder / "tokenizer.json").is_file():
+        raise CheckpointError(f"{folder}: no tokenizer.json")
+    settings: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            settings.update(json.loads((folder / name).read_text()))
+    special = {}
+    for key in ("eos_token", "pad_token"):
+        value = settings.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if value is not None:
+            special[key] = value
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **special)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def read_chat_template(folder: Path) -> str:
+    """The processor's chat template: ``chat_template.json`` (published) or ``chat_template.jinja``."""
+    if (folder / "chat_template.json").is_file():
+        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+        if not isinstance(template, str):
+            raise CheckpointError(f"{folder}/chat_template.json: no 'chat_template' string")
+        return template
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    raise CheckpointError(f"{folder}: no chat_template.json; Tarsier2 renders prompts with the checkpoint's own")
+
+
+def user_content(
+    text: str, media_type: str | None, n_tokens: int = 0, source: str | None = None
+) -> list[dict[str, Any]]:
+    """The user turn's parts: the media where its placeholder is, else first, then the question.
+
+    A ``<video>``/``<image>`` placeholder and the newlines after it mark the media's place, so
+    ``"<video>\\nQUESTION"`` gives the parts of ``"QUESTION"``. Without media placeholders are dropped.
+    ``n_tokens`` rides along as ``num_vision_tokens`` for templates that write the pads themselves.
+    """
+    pieces = _PLACEHOLDER.split(text)
+    if media_type is None:
+        return [{"type": "text", "text": "".join(pieces)}]
+    if len(pieces) > 2:
+        where = f"{source}: " if source else ""
+        raise PromptError(
+            f"{where}the prompt has {counted(len(pieces) - 1, 'media placeholder')} but one media item; "
+            "use one <video> (or none: the media goes first)"
+        )
+    before, after = ("", pieces[0]) if len(pieces) == 1 else pieces
+    media = {"type": media_type, "num_vision_tokens": n_tokens}
+    return [*_text_part(before), media, *_text_part(after)]
+
+
+def _text_part(text: str) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": text}] if text else []
+
+
+@dataclass(frozen=True)
+class MediaInputs:
+    """One media item ready for the model: its patches, its grid and the frames it came from."""
+
+    pixel_values: torch.Tensor  # [t*h*w, C*2*14*14]
+    grid: list[int]  # (t, h, w) in patches
+    frames: SampledFrames
+
+    def n_tokens(self, merge: int) -> int:
+        t, h, w = self.grid
+        return t * h * w // (merge * merge)
+
+
+class Tarsier2Processor:
+    """Turns (prompt, media) pairs into Tarsier2 inputs; decodes generated ids back to text."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: Qwen2VLImageProcessorPil,
+        chat_template: str,
+        image_token_id: int,
+        rules: FrameRules = FrameRules(),
+        generation_config: dict[str, Any] | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_template = chat_template
+        self.image_token_id = image_token_id
+        self.rules = rules
+        self.generation_config = generation_config or {}
+        self.vision_start_id = tokenizer.convert_tokens_to_ids(VISION_START)
+        self.vision_end_id = tokenizer.convert_tokens_to_ids(VISION_END)
+        if None in (tokenizer.convert_ids_to_tokens(image_token_id), self.vision_start_id, self.vision_end_id):
+            raise CheckpointError(f"the tokenizer lacks the image id {image_token_id} or {VISION_START}/{VISION_END}")
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, n_frames: int = 16, **hub_kwargs: Any
+    ) -> Tarsier2Processor:
+        """Load from a checkpoint folder or hub id (config.json names the image token)."""
+        folder = resolve_checkpoint_dir(name_or_path, TARSIER2_PROCESSOR_FILES, **hub_kwargs)
+        for name in ("config.json", "preprocessor_config.json"):
+            if not (folder / name).is_file():
+                raise CheckpointError(f"{folder}: missing {name}")
+        config = Tarsier2Config.from_pretrained(str(folder))
+        generation = folder / "generation_config.json"
+        return cls(
+            tokenizer=load_qwen2_tokenizer(folder),
+            image_processor=Qwen2VLImageProcessorPil.from_pretrained(str(folder)),
+            chat_template=read_chat_template(folder),
+            image_token_id=config.image_token_index,
+            rules=FrameRules(n_frames=n_frames),
+            generation_config=json.loads(generation.read_text()) if generation.is_file() else None,
+        )
+
+    @property
+    def merge_size(self) -> int:
+        return self.image_processor.merge_size
+
+    # -- media ------------------------------------------------------------------------------------
+    def load_media(
+        self,
+        media: MediaItem,
+        n_frames: int | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> SampledFrames:
+        """Sample ONE media item by the Tarsier2 rules: a path (video, GIF, image, frame folder), a list
+        of frame files, a PIL image, a list of PIL images (one video, already sampled) or
+        :class:`SampledFrames` (taken as they are). ``n_frames`` is capped at ``max_n_frames``."""
+        if isinstance(media, SampledFrames):
+            return media
+        if isinstance(media, Image.Image):
+            return SampledFrames([media.convert("RGB")], [0], 1, None, "<image>", "image")
+        if isinstance(media, Sequence) and not isinstance(media, (str, bytes)) and media:
+            if all(isinstance(m, Image.Image) for m in media):
+                images = [image.convert("RGB") for image in media]
+                return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
+        elif not isinstance(media, (str, os.PathLike)):
+            raise MediaError(
+                f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
+                "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
+            )
+        wanted = min(n_frames or self.rules.n_frames, self.rules.max_n_frames)
+        return every_frame_once(load_frames(media, n_frames=wanted, start_time=start_time, end_time=end_time))
+
+    def normalised_frame(self, image: Image.Image) -> np.ndarray:
+        """One RGB frame -> ``[3, H, W]`` float32, resized to multiples of 28 and normalised by the
+        checkpoint's ``Qwen2VLImageProcessor`` settings."""
+        processor = self.image_processor
+        pixels = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        if processor.do_resize:
+            factor = processor.patch_size * processor.merge_size
+            pixels = processor.resize(pixels, size=processor.size, resample=processor.resample, factor=factor)
+        if processor.do_rescale:
+            pixels = processor.rescale(pixels, processor.rescale_factor)
+        if processor.do_normalize:
+            pixels = processor.normalize(pixels, processor.image_mean, processor.image_std)
+        return np.asarray(pixels, dtype=np.float32)
+
+    def media_inputs(self, sampled: SampledFrames) -> MediaInputs:
+        """Patches and grid of one sampled media item: every frame fed twice, one grid for them all."""
+        processor = self.image_processor
+        repeat = processor.temporal_patch_size  # one real frame per temporal patch
+        min_pixels, max_pixels = self.rules.pixel_limits(repeat * len(sampled.images))
+        frames = [
+            self.normalised_frame(cap_pixels(image, min_pixels, max_pixels, sampled.source))
+            for image in sampled.images
+        ]
+        sizes = sorted({frame.shape[1:] for frame in frames})
+        if len(sizes) > 1:
+            raise MediaError(f"{sampled.source}: frames of one video must share a size, got {sizes}")
+        clip = np.repeat(np.stack(frames), repeat, axis=0)
+        patches, grid = cut_temporal_patches(clip, processor.patch_size, processor.merge_size, repeat)
+        return MediaInputs(torch.from_numpy(np.ascontiguousarray(patches)), grid, sampled)
+
+    # -- text -------------------------------------------------------------------------------------
+    def render_prompt(self, text: str, media: MediaInputs | None = None, source: str | None = None) -> str:
+        """The prompt string the checkpoint's chat template makes of ``text`` (and the media)."""
+        media_type = None if media is None else ("image" if media.frames.kind == "image" else "video")
+        n_tokens = 0 if media is None else media.n_tokens(self.merge_size)
+        messages = [{"role": "user", "content": user_content(text, media_type, n_tokens, source)}]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+        )
+
+    def expand_media(self, ids: Sequence[int], n_tokens: Sequence[int], source: str | None = None) -> list[int]:
+        """Each ``<|vision_start|> ... <|vision_end|>`` block gets exactly its media's ``<|image_pad|>`` ids."""
+        expanded: list[int] = []
+        block, position = 0, 0
+        while position < len(ids):
+            if ids[position] != self.vision_start_id:
+                expanded.append(ids[position])
+                position += 1
+                continue
+            try:
+                end = ids.index(self.vision_end_id, position + 1)
+            except ValueError:
+                raise CheckpointError(f"the chat template opened {VISION_START} without closing it") from None
+            if block < len(n_tokens):
+                expanded.extend([self.vision_start_id, *[self.image_token_id] * n_tokens[block], self.vision_end_id])
+            block, position = block + 1, end + 1
+        if block != len(n_tokens):
+            where = f"{source}: " if source else ""
+            raise PromptError(
+                f"{where}the rendered prompt has {counted(block, 'media block')} "
+                f"for {counted(len(n_tokens), 'media item')}"
+            )
+        return expanded
+
+    def encode(self, text: str, media: MediaInputs | None = None, source: str | None = None) -> list[int]:
+        """Token ids of the rendered prompt with the media's pads in place."""
+        prompt = self.render_prompt(text, media, source)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        return self.expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Left-pad id lists into ``input_ids`` and ``attention_mask``."""
+        longest = max(len(seq) for seq in sequences)
+        input_ids = torch.full((len(sequences), longest), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if seq:
+                input_ids[row, longest - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                attention_mask[row, longest - len(seq) :] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        videos: MediaItem | Sequence[MediaItem] | None = None,
+        images: MediaItem | Sequence[MediaItem] | None = None,
+        return_tensors: str | None = "pt",
+        n_frames: int | None = None,
+        start_time: float | None = None,
+        end_time: float | None = None,
+    ) -> BatchFeature:
+        """Model inputs for one prompt or a batch, each with at most one video/image.
+
+        ``videos``/``images`` as for :class:`tarsier.processor.TarsierProcessor`: a list or tuple
+        holds one item per prompt; a single prompt may take its item unwrapped. Whether an item is
+        an image or a video comes from the item itself. Returns ``input_ids`` and ``attention_mask``
+        (left-padded), plus ``pixel_values`` and ``image_grid_thw`` (one row per media item, in
+        prompt order) when there is media.
+        """
+        if return_tensors not in ("pt", None):
+            raise ValueError("Tarsier2Processor returns PyTorch tensors only (return_tensors='pt')")
+        texts = [text] if isinstance(text, str) else list(text)
+        items = _media_per_prompt(videos if videos is not None else images, len(texts))
+        sequences, pixels, grids = [], [], []
+        for prompt, item in zip(texts, items):
+            media = None
+            if item is not None:
+                media = self.media_inputs(self.load_media(item, n_frames, start_time, end_time))
+                pixels.append(media.pixel_values)
+                grids.append(media.grid)
+            source = None if media is None or media.frames.source.startswith("<") else media.frames.source
+            sequences.append(self.encode(prompt, media, source))
+        batch: dict[str, Any] = self.pad(sequences)
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+            batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
+        return BatchFeature(batch)
+
+    # -- decoding ---------------------------------------------------------------------------------
+    def batch_decode(
+        self, ids: torch.Tensor | Sequence[Sequence[int]], skip_special_tokens: bool = True, **kwargs: Any
+    ) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def decode(self, ids: torch.Tensor | Sequence[int], skip_special_tokens: bool = True, **kwargs: Any) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
