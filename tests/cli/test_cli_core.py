@@ -195,10 +195,14 @@ def test_caption_refuses_an_output_that_another_process_writes(videos, tmp_path)
     assert result.stderr.count("\n") == 1 and not output.exists()
 
 
-@pytest.mark.parametrize("where", ["folder", "proc", "under-a-file"])
+@pytest.mark.parametrize("where", ["file-as-shard-folder", "proc", "under-a-file"])
 def test_caption_checks_the_output_before_loading_a_model(videos, tmp_path, where):
     (tmp_path / "file").write_text("")
-    output = {"folder": tmp_path, "proc": Path("/proc/x.jsonl"), "under-a-file": tmp_path / "file" / "x.jsonl"}[where]
+    output = {
+        "file-as-shard-folder": tmp_path / "file",  # no .jsonl: a folder of shards, but a file is there
+        "proc": Path("/proc/x.jsonl"),
+        "under-a-file": tmp_path / "file" / "x.jsonl",
+    }[where]
     result = tarsier("caption", videos, "--output", output, "--model", "nobody/nothing")  # never loaded
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and str(output) in result.stderr
