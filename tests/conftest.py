@@ -31,3 +31,11 @@ def clip_25fps(tmp_path_factory):
     from media_factory import make_video
 
     return make_video(tmp_path_factory.mktemp("media") / "clip.mp4", 100, fps=25)
+
+
+@pytest.fixture(scope="session")
+def tarsier2_checkpoint(tmp_path_factory):
+    """A tiny Tarsier2 checkpoint in the official layout (Qwen2-VL geometry, tiny widths)."""
+    from tarsier.testing import build_random_tarsier2_checkpoint
+
+    return build_random_tarsier2_checkpoint(tmp_path_factory.mktemp("tarsier2-checkpoint"))

@@ -17,7 +17,8 @@ DEFAULT_MODEL = "omni-research/Tarsier-7b"
 # Models shipped inside the package, usable offline by name.
 BUNDLED_MODELS = {"shapes-demo": Path(__file__).parent / "assets" / "shapes-demo"}
 
-# What a processor reads (missing optional files are fine).
+# What a processor of either family reads (missing optional files are fine): Tarsier2 renders prompts
+# with the checkpoint's chat template and stops at generation_config.json's EOS ids.
 PROCESSOR_FILES = (
     "config.json",
     "preprocessor_config.json",
@@ -26,9 +27,12 @@ PROCESSOR_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "generation_config.json",
 )
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-MODEL_FILES = PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json", "generation_config.json")
+MODEL_FILES = PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json")
 
 
 def bundled_or_given(name_or_path: str | os.PathLike) -> str | os.PathLike:

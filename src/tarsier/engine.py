@@ -21,20 +21,23 @@ is masked and position ids count attended tokens only.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
-    from tarsier.model import TarsierForConditionalGeneration
+    from tarsier.model import Tarsier2ForConditionalGeneration, TarsierForConditionalGeneration
+
+    # Either family: both give prefill_positions and media_by_row, the loop's only model-specific needs.
+    TarsierModel = TarsierForConditionalGeneration | Tarsier2ForConditionalGeneration
 
 
 class KVCache:
     """transformers' ``StaticCache`` plus what the loop needs: capacity, row copies, dropping rows."""
 
-    def __init__(self, model: TarsierForConditionalGeneration, batch_size: int, capacity: int, *, allocate: bool = False):
+    def __init__(self, model: TarsierModel, batch_size: int, capacity: int, *, allocate: bool = False):
         from transformers import StaticCache
 
         text = model.config.text_config
@@ -65,7 +68,7 @@ class KVCache:
             layer.keys = layer.keys[rows]
             layer.values = layer.values[rows]
 
-    def with_capacity(self, model: TarsierForConditionalGeneration, capacity: int) -> KVCache:
+    def with_capacity(self, model: TarsierModel, capacity: int) -> KVCache:
         """This cache if it holds ``capacity`` positions, else a larger copy (a chat's next turn)."""
         if capacity <= self.capacity:
             return self
@@ -116,50 +119,56 @@ def _sample(logits: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
 
 @dataclass
 class DecodeSettings:
+    """One row's decoding settings; ``eos_token_id`` is one id or several (Tarsier2 stops at either
+    of ``<|im_end|>`` and ``<|endoftext|>``), normalised to a tuple."""
+
     max_new_tokens: int
-    eos_token_id: int | None
+    eos_token_id: int | Collection[int] | None
     sampler: Sampler
     ignore_eos: bool = False  # benchmarks: always run max_new_tokens steps
 
+    def __post_init__(self) -> None:
+        ids = self.eos_token_id
+        self.eos_token_id = () if ids is None else (int(ids),) if isinstance(ids, int) else tuple(int(i) for i in ids)
 
-def prefill_rows_at_once(model: TarsierForConditionalGeneration) -> bool:
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """The ids that end this row (none when ``ignore_eos``)."""
+        return () if self.ignore_eos else self.eos_token_id
+
+
+def prefill_rows_at_once(model: TarsierModel) -> bool:
     """Accelerators prefill the whole batch in one pass; CPUs go faster one row at a time (measured)."""
     return model.device.type != "cpu" or getattr(model, "hf_device_map", None) is not None
 
 
-def _frames_per_row(model: TarsierForConditionalGeneration, input_ids: torch.Tensor) -> list[int]:
-    slots = (input_ids == model.config.image_token_index).sum(1)
-    return (slots // (model.config.patch_grid**2)).tolist()
-
-
 def _prefill(
-    model: TarsierForConditionalGeneration,
+    model: TarsierModel,
     input_ids: torch.Tensor,
     mask: torch.Tensor,
     positions: torch.Tensor,
-    pixel_values: torch.Tensor | None,
+    media: Mapping[str, torch.Tensor],
     cache: KVCache,
 ) -> torch.Tensor:
-    """Run the prompt through the model into ``cache``; returns the last position's logits ``[B, V]``."""
+    """Run the prompt through the model into ``cache``; returns the last position's logits ``[B, V]``.
+
+    ``positions`` are ``[B, n]`` or, for M-RoPE, ``[3, B, n]``: rows are sliced on the last two axes.
+    """
     kwargs = {"use_cache": True, "logits_to_keep": 1}
     if prefill_rows_at_once(model) or input_ids.shape[0] == 1:
-        out = model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=mask, position_ids=positions,
-                     cache=cache.cache, **kwargs)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache.cache, **media, **kwargs)
         return out.logits[:, -1]
-    logits, first_frame = [], 0
+    logits = []
     length = input_ids.shape[1]
-    for row, n_frames in enumerate(_frames_per_row(model, input_ids)):
-        pixels = None if pixel_values is None else pixel_values[first_frame : first_frame + n_frames]
-        first_frame += n_frames
+    for row, row_media in enumerate(model.media_by_row(input_ids, media)):
         # Left padding is not computed: the row's tokens go to the right end of its cache slot,
         # where the padded batch has them (the padding's positions stay masked).
         start = length - int(mask[row, :length].sum())
         if not mask[row, start:length].all():  # not left padding: run the row as it is
             start = 0
         row_cache = KVCache(model, 1, length - start)
-        out = model(input_ids=input_ids[row : row + 1, start:], pixel_values=pixels if n_frames else None,
-                    attention_mask=mask[row : row + 1, start:length], position_ids=positions[row : row + 1, start:],
-                    cache=row_cache.cache, **kwargs)
+        out = model(input_ids=input_ids[row : row + 1, start:], attention_mask=mask[row : row + 1, start:length],
+                    position_ids=positions[..., row : row + 1, start:], cache=row_cache.cache, **row_media, **kwargs)
         cache.copy_row(row, row_cache, length - start, offset=start)
         logits.append(out.logits[:, -1])
     cache.set_length(length)
@@ -167,27 +176,35 @@ def _prefill(
 
 
 def decode(
-    model: TarsierForConditionalGeneration,
+    model: TarsierModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None,
     settings: DecodeSettings | Sequence[DecodeSettings],
     cache: KVCache | None = None,
     cancelled: Container[int] = (),
+    *,
+    extra_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[dict[int, int]]:
     """Yield ``{row: token}`` after every step for the rows still running; a row's EOS is its last.
 
-    ``input_ids`` are left-padded prompts ``[B, n]``. ``settings`` is one for the batch or one per
-    row. With ``cache`` (one row, holding earlier turns), ``input_ids`` continue it; it must have
+    ``input_ids`` are left-padded prompts ``[B, n]``. ``extra_inputs`` are the model's other media
+    inputs for the prompt (Tarsier2's ``image_grid_thw``). ``settings`` is one for the batch or one
+    per row. With ``cache`` (one row, holding earlier turns), ``input_ids`` continue it; it must have
     room for ``n + max_new_tokens`` more positions. A row found in ``cancelled`` (checked after each
     step) stops there. Stopping the iteration early stops generation after the current step.
+
+    The model places the prompt (:meth:`prefill_positions`: positions and a per-row delta, 0 for
+    Tarsier, M-RoPE's for Tarsier2); every later token sits at ``attended tokens + delta``.
     """
     batch, length = input_ids.shape
     per_row = [settings] * batch if isinstance(settings, DecodeSettings) else list(settings)
     if len(per_row) != batch:
         raise ValueError(f"got {len(per_row)} decode settings for {batch} rows")
     limits = torch.tensor([row.max_new_tokens for row in per_row])
-    eos = torch.tensor([-1 if row.eos_token_id is None or row.ignore_eos else row.eos_token_id for row in per_row])
+    # One row of stop ids per batch row, padded with -1 (never a token).
+    widest = max(1, *(len(row.stop_ids) for row in per_row))
+    eos = torch.tensor([list(row.stop_ids) + [-1] * (widest - len(row.stop_ids)) for row in per_row])
     samplers = [row.sampler for row in per_row]
     longest = int(limits.max())
     past = cache.length if cache is not None else 0
@@ -196,19 +213,23 @@ def decode(
     if cache.capacity < past + length + longest:
         raise ValueError("the KV cache has no room for this turn; grow it with KVCache.with_capacity first")
     device = model.device
+    media = {name: value for name, value in {"pixel_values": pixel_values, **(extra_inputs or {})}.items()
+             if value is not None}
+    input_ids = input_ids.to(device)
     # The 2D mask spans the whole cache so its width never changes; position ids count attended tokens.
     mask = torch.zeros(batch, cache.capacity, dtype=torch.long, device=device)
     mask[:, :past] = 1
     mask[:, past : past + length] = attention_mask.to(device)
-    positions = (mask[:, : past + length].cumsum(-1) - 1).clamp(min=0)[:, past:]
-    next_position = mask.sum(-1)
-    logits = _prefill(model, input_ids.to(device), mask, positions, pixel_values, cache)
+    positions, deltas = model.prefill_positions(input_ids, mask[:, past : past + length], media)
+    positions = positions + past  # a continued chat's earlier turns fill every position before this one
+    next_position = mask.sum(-1) + deltas[:, 0]
+    logits = _prefill(model, input_ids, mask, positions, media, cache)
 
     rows = torch.arange(batch)
     for step in range(longest):
         tokens = _sample(logits, samplers).cpu()
         yield dict(zip(rows.tolist(), tokens.tolist()))
-        running = (tokens != eos) & (limits > step + 1)
+        running = ~(tokens[:, None] == eos).any(1) & (limits > step + 1)
         if cancelled:
             running &= torch.tensor([row not in cancelled for row in rows.tolist()], dtype=torch.bool)
         if not running.all():

@@ -49,10 +49,14 @@ class GenerationSettings:
 
         return DecodeSettings(
             max_new_tokens=self.max_new_tokens,
-            eos_token_id=processor.tokenizer.eos_token_id,
+            eos_token_id=processor.eos_token_ids,
             sampler=Sampler(self.temperature, self.top_p, self.seed),
             ignore_eos=self.ignore_eos,
         )
+
+
+# Inputs decode() takes by name; any other entry of a processor's output is a further media input.
+_DECODE_ARGUMENTS = ("input_ids", "attention_mask", "pixel_values")
 
 
 def iter_tokens(
@@ -65,6 +69,8 @@ def iter_tokens(
 ) -> Iterator[dict[int, int]]:
     """``{row: token}`` after every step for the rows still running (see :func:`tarsier.engine.decode`).
 
+    ``inputs`` are a processor's (``input_ids``, ``attention_mask``, ``pixel_values``, and the
+    model's other media inputs such as Tarsier2's ``image_grid_thw``, passed on as they are).
     ``settings`` is one for the batch or one per row; rows in ``cancelled`` stop after the current step.
     """
     import torch
@@ -81,7 +87,9 @@ def iter_tokens(
             decode_settings = settings.decode_settings(processor)
         else:
             decode_settings = [row.decode_settings(processor) for row in settings]
-        yield from decode(model, inputs["input_ids"], inputs["attention_mask"], pixels, decode_settings, cache, cancelled)
+        extra = {name: value.to(model.device) for name, value in inputs.items() if name not in _DECODE_ARGUMENTS}
+        yield from decode(model, inputs["input_ids"], inputs["attention_mask"], pixels, decode_settings, cache, cancelled,
+                          extra_inputs=extra)
 
 
 def generate_ids(

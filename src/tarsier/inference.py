@@ -38,7 +38,7 @@ class DescribeRequest:
     prompt: str | None = None  # None: the reference default for the media kind
     start_time: float | None = None
     end_time: float | None = None
-    n_frames: int | None = None  # None: the processor's max_n_frames
+    n_frames: int | None = None  # None: the processor's frame count
 
 
 @dataclass
@@ -64,7 +64,7 @@ class PreparedRequest:
     request: DescribeRequest
     prompt: str | None = None
     ids: list[int] = field(default_factory=list)
-    pixels: torch.Tensor | None = None
+    media_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # pixel_values (+ image_grid_thw)
     frame_indices: list[int] = field(default_factory=list)
     total_frames: int | None = None
     decode_seconds: float = 0.0
@@ -117,7 +117,7 @@ class Describer:
         *,
         device: str | None = None,
         dtype: str | None = None,
-        max_n_frames: int = 8,
+        max_n_frames: int | None = None,
         batch_size: int = 1,
         num_workers: int = 2,
         generation: GenerationSettings | None = None,
@@ -213,8 +213,9 @@ class Describer:
         return [item.result(texts.get(id(item)), errors.get(id(item)), seconds) for item in ready]
 
     def _inputs(self, items: list[PreparedRequest]) -> dict[str, torch.Tensor]:
-        inputs = self.processor.pad([item.ids for item in items])
-        inputs["pixel_values"] = torch.cat([item.pixels for item in items]).to(self.model.dtype)
+        inputs = self.processor.collate([(item.ids, item.media_inputs) for item in items])
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs
 
     def _generate_batch(self, items: list[PreparedRequest]) -> list[str]:
@@ -231,10 +232,7 @@ def prepare_request(processor: TarsierProcessor, request: DescribeRequest) -> Pr
     try:
         frames = processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
         prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
-        count = len(frames.images)
-        text = processor.format_prompt(prepared.prompt, count, frames.source)
-        prepared.ids = processor.encode_prompt(text, count, source=frames.source)
-        prepared.pixels = processor.pixel_values(frames.images)
+        prepared.ids, prepared.media_inputs = processor.encode_item(prepared.prompt, frames)
         prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
     except Exception as exc:  # recorded per item; the job goes on
         prepared.error = one_line(exc)
@@ -243,7 +241,7 @@ def prepare_request(processor: TarsierProcessor, request: DescribeRequest) -> Pr
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_describer(model: str, device: str | None, dtype: str | None, max_n_frames: int) -> Describer:
+def _cached_describer(model: str, device: str | None, dtype: str | None, max_n_frames: int | None) -> Describer:
     return Describer.from_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, num_workers=0)
 
 
@@ -254,7 +252,7 @@ def describe(
     *,
     device: str | None = None,
     dtype: str | None = None,
-    max_n_frames: int = 8,
+    max_n_frames: int | None = None,
     max_new_tokens: int = 512,
     temperature: float = 0.0,
     top_p: float = 1.0,

@@ -41,7 +41,7 @@ from tarsier.checkpoints import resolve_checkpoint_dir
 from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier2 import Tarsier2Config
-from tarsier.processor import MediaItem, _media_per_prompt
+from tarsier.processor import ItemInputs, MediaItem, _media_per_prompt, collate_items
 from tarsier.prompting import counted
 
 TARSIER2_PROCESSOR_FILES = (
@@ -236,6 +236,13 @@ class Tarsier2Processor:
     def merge_size(self) -> int:
         return self.image_processor.merge_size
 
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a reply: ``generation_config.json``'s (``<|im_end|>`` and ``<|endoftext|>``
+        in the published checkpoints), else the tokenizer's EOS."""
+        eos = self.generation_config.get("eos_token_id", self.tokenizer.eos_token_id)
+        return () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+
     # -- media ------------------------------------------------------------------------------------
     def load_media(
         self,
@@ -366,20 +373,29 @@ class Tarsier2Processor:
             raise ValueError("Tarsier2Processor returns PyTorch tensors only (return_tensors='pt')")
         texts = [text] if isinstance(text, str) else list(text)
         items = _media_per_prompt(videos if videos is not None else images, len(texts))
-        sequences, pixels, grids = [], [], []
-        for prompt, item in zip(texts, items):
-            media = None
-            if item is not None:
-                media = self.media_inputs(self.load_media(item, n_frames, start_time, end_time))
-                pixels.append(media.pixel_values)
-                grids.append(media.grid)
-            source = None if media is None or media.frames.source.startswith("<") else media.frames.source
-            sequences.append(self.encode(prompt, media, source))
-        batch: dict[str, Any] = self.pad(sequences)
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
-            batch["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
-        return BatchFeature(batch)
+        prepared = [
+            self.encode_item(prompt, None if item is None else self.load_media(item, n_frames, start_time, end_time))
+            for prompt, item in zip(texts, items)
+        ]
+        return BatchFeature(self.collate(prepared))
+
+    # -- prepared items (Describer, serving): as TarsierProcessor's --------------------------------
+    def encode_item(
+        self, prompt: str, frames: SampledFrames | None, source: str | None = None
+    ) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """One prompt and its sampled media -> its ids and media inputs (``pixel_values`` and a
+        one-row ``image_grid_thw``), batched later by :meth:`collate`."""
+        media = None if frames is None else self.media_inputs(frames)
+        if source is None and frames is not None and not frames.source.startswith("<"):
+            source = frames.source
+        ids = self.encode(prompt, media, source)
+        if media is None:
+            return ids, {}
+        return ids, {"pixel_values": media.pixel_values, "image_grid_thw": torch.tensor([media.grid], dtype=torch.long)}
+
+    def collate(self, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
+        """Items from :meth:`encode_item` -> the model's inputs for one left-padded batch."""
+        return collate_items(self, items)
 
     # -- decoding ---------------------------------------------------------------------------------
     def batch_decode(

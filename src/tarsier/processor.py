@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from tarsier.checkpoints import PROCESSOR_FILES, resolve_checkpoint_dir
 from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier import TarsierConfig
+from tarsier.model.configuration_tarsier2 import is_tarsier2_config
 from tarsier.prompting import IMAGE_PLACEHOLDER, ChatTemplate, counted, format_prompt, template_for_eos
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -170,8 +171,29 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+# One prepared item: its prompt ids and its media inputs (pixel_values, Tarsier2's image_grid_thw).
+ItemInputs = tuple[Sequence[int], Mapping[str, torch.Tensor]]
+
+
+def collate_items(processor: Any, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
+    """Prepared items -> one batch: ids left-padded by ``processor.pad``, each media input
+    concatenated in item order (items without media add nothing)."""
+    batch = processor.pad([ids for ids, _ in items])
+    for name in dict.fromkeys(name for _, media in items for name in media):
+        batch[name] = torch.cat([media[name] for _, media in items if name in media])
+    return batch
+
+
 class TarsierProcessor:
-    """Turns (prompt, media) pairs into model inputs; decodes generated ids back to text."""
+    """Turns (prompt, media) pairs into model inputs; decodes generated ids back to text.
+
+    :meth:`from_pretrained` gives a :class:`~tarsier.processing_tarsier2.Tarsier2Processor` for a
+    Tarsier2 checkpoint. Both offer what the rest of the package uses: ``__call__``,
+    ``load_media``, :meth:`encode_item`, :meth:`collate`, ``pad``, ``decode``/``batch_decode``,
+    ``eos_token_ids`` and ``tokenizer``.
+    """
+
+    default_n_frames = 8  # the reference's
 
     def __init__(
         self,
@@ -196,19 +218,37 @@ class TarsierProcessor:
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike,
-        max_n_frames: int = 8,
+        max_n_frames: int | None = None,
         do_image_padding: bool = False,
         chat_template: str | ChatTemplate | None = None,
         **hub_kwargs: Any,
-    ) -> TarsierProcessor:
-        """Load from a checkpoint folder or hub id (reads config.json for the frame layout)."""
+    ) -> Any:
+        """Load from a checkpoint folder or hub id (reads config.json for the family and frame layout).
+
+        ``max_n_frames`` (None: the family's default, 8 here) is the frames sampled per video. A
+        Tarsier2 checkpoint gives a ``Tarsier2Processor`` sampling that many frames (default 16);
+        ``do_image_padding`` and ``chat_template`` are first-generation settings and must stay unset.
+        """
         folder = resolve_checkpoint_dir(name_or_path, PROCESSOR_FILES, **hub_kwargs)
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{folder}: missing config.json")
         try:
+            config_dict = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
+        if is_tarsier2_config(config_dict):
+            if do_image_padding or chat_template is not None:
+                raise CheckpointError(
+                    f"{folder}: a Tarsier2 checkpoint renders prompts with its own chat template and does not pad frames"
+                )
+            from tarsier.processing_tarsier2 import Tarsier2Processor
+
+            return Tarsier2Processor.from_pretrained(folder, **({} if max_n_frames is None else {"n_frames": max_n_frames}))
+        try:
             config = TarsierConfig.from_pretrained(str(folder))
         except Exception as exc:
             raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
+        max_n_frames = cls.default_n_frames if max_n_frames is None else max_n_frames
         image_settings = None
         if (folder / "preprocessor_config.json").is_file():
             image_settings = ImageSettings.from_file(folder / "preprocessor_config.json")
@@ -281,6 +321,29 @@ class TarsierProcessor:
         ]
         size = self.image_settings.crop_size
         return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size)
+
+    # -- prepared items (Describer, serving) ------------------------------------------------------
+    def encode_item(
+        self, prompt: str, frames: SampledFrames | None, source: str | None = None
+    ) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """One prompt and its sampled media -> its ids and media inputs, batched later by :meth:`collate`.
+
+        ``source`` names the media in errors (default: ``frames.source``).
+        """
+        count = 0 if frames is None else len(frames.images)
+        source = source if source is not None or frames is None else frames.source
+        ids = self.encode_prompt(self.format_prompt(prompt, count, source), count, source=source)
+        return ids, {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+
+    def collate(self, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
+        """Items from :meth:`encode_item` -> the model's inputs for one left-padded batch."""
+        return collate_items(self, items)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The ids that end a reply."""
+        eos = self.tokenizer.eos_token_id
+        return () if eos is None else (eos,)
 
     # -- text -------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, n_frames: int, source: str | None = None) -> str:

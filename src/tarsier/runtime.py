@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tarsier.checkpoints import checkpoint_folder
@@ -84,7 +85,8 @@ def load_model(
     *,
     progress: bool = True,
 ) -> TarsierForConditionalGeneration:
-    """The model in eval mode on ``device`` with ``dtype`` (resolved as documented above)."""
+    """The model in eval mode on ``device`` with ``dtype`` (resolved as documented above); a Tarsier2
+    checkpoint gives a ``Tarsier2ForConditionalGeneration``."""
     from tarsier.model import TarsierForConditionalGeneration
 
     if not progress:
@@ -109,15 +111,23 @@ MAX_CONTEXT = 4
 PROMPT_ALLOWANCE = 100  # positions for the prompt text around the frames
 
 
-def check_frame_budget(folder: str | os.PathLike, n_frames: int) -> None:
+def check_frame_budget(folder: str | os.PathLike, n_frames: int | None) -> None:
     """Refuse (or warn, with the numbers) when ``n_frames`` cannot sensibly fit the model's context.
 
-    Runs on ``config.json`` alone, before weights load or any video is decoded.
+    Runs on ``config.json`` alone, before weights load or any video is decoded. ``None`` is the
+    family's default frame count. Only first-generation checkpoints are checked: each of their
+    frames takes a fixed number of positions, whereas Tarsier2's processor shares one pixel budget
+    among a sample's frames (about 12,000 positions in all, a third of its 32,768-position context).
     """
+    import json
     import sys
 
-    from tarsier.model import TarsierConfig
+    from tarsier.model import TarsierConfig, is_tarsier2_config
+    from tarsier.processor import TarsierProcessor
 
+    if is_tarsier2_config(json.loads((Path(folder) / "config.json").read_text())):
+        return
+    n_frames = TarsierProcessor.default_n_frames if n_frames is None else n_frames
     config = TarsierConfig.from_pretrained(str(folder))
     per_frame = len(config.frame_token_ids())
     context = config.text_config.max_position_embeddings
@@ -140,11 +150,15 @@ def load_pretrained(
     name_or_path: str | os.PathLike,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
-    max_n_frames: int = 8,
+    max_n_frames: int | None = None,
     *,
     progress: bool = True,
 ) -> tuple[TarsierForConditionalGeneration, TarsierProcessor]:
-    """Model and processor from the same checkpoint; the frame count is checked before weights load."""
+    """Model and processor from the same checkpoint, of either family (config.json says which).
+
+    ``max_n_frames`` is the frames sampled per video; ``None`` is the family's default (8 for
+    Tarsier, 16 for Tarsier2). The frame count is checked before weights load.
+    """
     from tarsier.processor import TarsierProcessor
 
     folder = checkpoint_folder(name_or_path)

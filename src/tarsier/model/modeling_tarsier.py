@@ -14,11 +14,12 @@ padding, position ids, labels and the KV cache need no special handling for imag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import CLIPVisionConfig, GenerationMixin, LlamaForCausalLM, PreTrainedModel
+from transformers import CLIPVisionConfig, GenerationMixin, LlamaForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -27,6 +28,10 @@ from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbedd
 from tarsier.checkpoints import bundled_or_given
 from tarsier.errors import TarsierError
 from tarsier.model.configuration_tarsier import TarsierConfig
+from tarsier.model.configuration_tarsier2 import is_tarsier2_config
+
+# from_pretrained arguments that say where config.json comes from (the family is read from it).
+_CONFIG_LOCATION_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 
 
 class CLIPVisionTransformer(nn.Module):
@@ -101,9 +106,22 @@ class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     # -- embeddings plumbing (used by generation, resizing and training code) --------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> TarsierForConditionalGeneration:
-        """As transformers', and also by the name of a bundled model (``shapes-demo``), like the processor."""
-        return super().from_pretrained(bundled_or_given(pretrained_model_name_or_path), *args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> PreTrainedModel:
+        """As transformers', and also by the name of a bundled model (``shapes-demo``), like the processor.
+
+        Either family loads through this one call: a Tarsier2 checkpoint (``text_config.model_type``
+        qwen2_vl in config.json) gives a :class:`~tarsier.model.Tarsier2ForConditionalGeneration`,
+        so code written for Tarsier needs no second loader.
+        """
+        path = bundled_or_given(pretrained_model_name_or_path)
+        if cls is TarsierForConditionalGeneration and kwargs.get("config") is None:
+            location = {key: kwargs[key] for key in _CONFIG_LOCATION_KWARGS if key in kwargs}
+            config_dict, _ = PreTrainedConfig.get_config_dict(path, **location)
+            if is_tarsier2_config(config_dict):
+                from tarsier.model.modeling_tarsier2 import Tarsier2ForConditionalGeneration
+
+                return Tarsier2ForConditionalGeneration.from_pretrained(path, *args, **kwargs)
+        return super().from_pretrained(path, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.get_input_embeddings()
@@ -175,6 +193,29 @@ class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"{features.shape[1]} patches; each <image> must be expanded by the processor"
             )
         return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+
+    # -- what the decode loop asks of either family (tarsier.engine) -------------------------------
+    def prefill_positions(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, media: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Position ids ``[B, L]`` of a left-padded prompt and each row's delta ``[B, 1]`` (always 0).
+
+        Positions count attended tokens only, so left padding never shifts a sequence; the token
+        after ``n`` attended tokens sits at ``n + delta``. Frames take one position per slot here,
+        hence no delta (Tarsier2's M-RoPE has one).
+        """
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions, torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
+
+    def media_by_row(self, input_ids: torch.LongTensor, media: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Each batch row's own media inputs (its frames' ``pixel_values``), to prefill rows one at a time."""
+        pixel_values = media.get("pixel_values")
+        frames = ((input_ids == self.config.image_token_index).sum(1) // self.config.patch_grid**2).tolist()
+        rows, first = [], 0
+        for count in frames:
+            rows.append({"pixel_values": pixel_values[first : first + count]} if count and pixel_values is not None else {})
+            first += count
+        return rows
 
     # -- forward --------------------------------------------------------------------------------
     def forward(

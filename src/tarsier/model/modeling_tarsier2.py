@@ -21,6 +21,8 @@ block's start + max(rows, columns) instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -151,6 +153,39 @@ class Tarsier2ForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if next(grids, None) is not None:
             raise TarsierError("image_grid_thw has more rows than input_ids hold media blocks")
         return positions, deltas
+
+    # -- what the decode loop asks of either family (tarsier.engine) -------------------------------
+    def prefill_positions(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, media: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """M-RoPE position ids ``[3, B, L]`` of a left-padded prompt and each row's delta ``[B, 1]``:
+        the token after ``n`` attended tokens sits at ``n + delta`` (see :meth:`rope_positions`)."""
+        return self.rope_positions(input_ids, attention_mask, media.get("image_grid_thw"))
+
+    def media_by_row(self, input_ids: torch.LongTensor, media: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Each batch row's own media inputs (its grids and their patches), to prefill rows one at a time.
+
+        Grids are taken in order; a row owns those whose merged tokens fill its image slots.
+        """
+        grids, pixel_values = media.get("image_grid_thw"), media.get("pixel_values")
+        slots_per_row = (input_ids == self.config.image_token_index).sum(1).tolist()
+        merge = self.config.spatial_merge_size
+        rows, grid_index, first_patch = [], 0, 0
+        for slots in slots_per_row:
+            first_grid, first_row_patch = grid_index, first_patch
+            while slots > 0 and grids is not None and grid_index < len(grids):
+                patches = int(grids[grid_index].prod())
+                slots -= patches // (merge * merge)
+                first_patch += patches
+                grid_index += 1
+            if slots != 0:
+                raise TarsierError("image_grid_thw does not match the image slots of input_ids row by row")
+            if grid_index == first_grid:
+                rows.append({})
+            else:
+                rows.append({"pixel_values": pixel_values[first_row_patch:first_patch],
+                             "image_grid_thw": grids[first_grid:grid_index]})
+        return rows
 
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> torch.LongTensor:
         # generate() extends the last column by one per step, which is right for M-RoPE: the last

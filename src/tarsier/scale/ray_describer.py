@@ -61,14 +61,14 @@ class RaySettings:
 
 
 @functools.lru_cache(maxsize=4)
-def _processor(folder: str, max_n_frames: int) -> Any:
+def _processor(folder: str, max_n_frames: int | None) -> Any:
     """One processor per Ray worker process (and checkpoint), loaded on first use."""
     from tarsier.processor import TarsierProcessor
 
     return TarsierProcessor.from_pretrained(folder, max_n_frames=max_n_frames)
 
 
-def _decode_row(row: dict[str, Any], folder: str, max_n_frames: int) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], folder: str, max_n_frames: int | None) -> dict[str, Any]:
     """A Ray task: fetch, sample and preprocess one request; a media error becomes the row's error."""
     from tarsier.inference import PreparedRequest, prepare_request
 
@@ -115,7 +115,7 @@ class _ReplicaConfig:
     folder: str
     device: str | None
     dtype: str | None
-    max_n_frames: int
+    max_n_frames: int | None
     batch_size: int
     generation: GenerationSettings
     threads: int  # torch threads of a CPU replica; 0 leaves torch's default
@@ -164,7 +164,7 @@ def _captioner_for(config: _ReplicaConfig) -> type[_Captioner]:
 class RayDescriber:
     """Runs describe requests through Ray Data; results come back as they finish (any order)."""
 
-    def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None, max_n_frames: int = 8,
+    def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None, max_n_frames: int | None = None,
                  batch_size: int = 4, generation: GenerationSettings | None = None,
                  settings: RaySettings | None = None):
         from tarsier.checkpoints import checkpoint_folder
@@ -267,13 +267,13 @@ def _request_row(request: DescribeRequest) -> dict[str, Any]:
 
 
 def _prepared_columns(prepared: Any) -> dict[str, Any]:
-    """A prepared request as plain columns (pixels as .npy bytes: Arrow-friendly whatever the frame count)."""
+    """A prepared request as plain columns (media inputs as .npz bytes: Arrow-friendly whatever the frame count)."""
     pixels = b""
-    if prepared.pixels is not None and prepared.error is None:
+    if prepared.media_inputs and prepared.error is None:
         buffer = io.BytesIO()
         import numpy as np
 
-        np.save(buffer, prepared.pixels.numpy())
+        np.savez(buffer, **{name: value.numpy() for name, value in prepared.media_inputs.items()})
         pixels = buffer.getvalue()
     return {"ids": json.dumps(prepared.ids), "pixels": pixels, "resolved_prompt": prepared.prompt,
             "frame_indices": json.dumps(prepared.frame_indices), "total_frames": prepared.total_frames,
@@ -287,9 +287,13 @@ def _prepared_from(row: dict[str, Any]) -> Any:
     from tarsier.inference import PreparedRequest
 
     request = DescribeRequest(key=str(row["key"]), media=json.loads(row["media"]))
-    pixels = torch.from_numpy(np.load(io.BytesIO(row["pixels"]))) if row["pixels"] else None
+    media_inputs = {}
+    if row["pixels"]:
+        with np.load(io.BytesIO(row["pixels"])) as stored:
+            media_inputs = {name: torch.from_numpy(stored[name]) for name in stored.files}
     return PreparedRequest(
-        request=request, prompt=_optional(row["resolved_prompt"]), ids=json.loads(row["ids"]), pixels=pixels,
+        request=request, prompt=_optional(row["resolved_prompt"]), ids=json.loads(row["ids"]),
+        media_inputs=media_inputs,
         frame_indices=json.loads(row["frame_indices"]),
         total_frames=None if _optional(row["total_frames"]) is None else int(row["total_frames"]),
         decode_seconds=float(row["decode_seconds"]), error=_optional(row["prepare_error"]),

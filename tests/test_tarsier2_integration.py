@@ -1,0 +1,124 @@
+"""Tarsier2 through the package's common paths: loading, the decode loop, the Describer and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from media_factory import make_image, make_video
+from tarsier import TarsierForConditionalGeneration
+from tarsier.generation import GenerationSettings
+from tarsier.inference import DescribeRequest, Describer
+from tarsier.model import Tarsier2ForConditionalGeneration
+from tarsier.processing_tarsier2 import Tarsier2Processor
+from tarsier.processor import TarsierProcessor
+from tarsier.runtime import load_pretrained
+
+
+@pytest.fixture(scope="module")
+def loaded(tarsier2_checkpoint):
+    return load_pretrained(tarsier2_checkpoint, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tarsier2-media")
+    return {
+        "short": make_video(folder / "short.mp4", 3),
+        "medium": make_video(folder / "medium.mp4", 9),
+        "long": make_video(folder / "long.mp4", 40),
+        "image": make_image(folder / "still.png", 2),
+    }
+
+
+def test_the_v1_entry_points_load_a_tarsier2_checkpoint(tarsier2_checkpoint, loaded):
+    model = TarsierForConditionalGeneration.from_pretrained(tarsier2_checkpoint, dtype=torch.float32)
+    processor = TarsierProcessor.from_pretrained(tarsier2_checkpoint)
+    assert isinstance(model, Tarsier2ForConditionalGeneration)
+    assert isinstance(processor, Tarsier2Processor) and processor.rules.n_frames == 16
+    assert TarsierProcessor.from_pretrained(tarsier2_checkpoint, max_n_frames=4).rules.n_frames == 4
+    model, processor = loaded
+    assert isinstance(model, Tarsier2ForConditionalGeneration) and processor.rules.n_frames == 16
+    assert processor.eos_token_ids == (151645, 151643)  # generation_config.json's
+
+
+def test_the_frame_budget_does_not_apply_the_first_generation_s_601_positions(tarsier2_checkpoint):
+    from tarsier.runtime import check_frame_budget
+
+    check_frame_budget(tarsier2_checkpoint, 10_000)  # Tarsier2's processor caps a sample's pixels instead
+
+
+@pytest.mark.parametrize("rows_at_once", [False, True], ids=["row-by-row-prefill", "batched-prefill"])
+def test_engine_gives_generate_s_greedy_ids(loaded, media, monkeypatch, rows_at_once):
+    """Our decode loop (3-D prefill positions, rows sliced for their own grids, finished rows
+    dropped) against transformers' generate on the same inputs."""
+    from tarsier import engine
+
+    model, processor = loaded
+    monkeypatch.setattr(engine, "prefill_rows_at_once", lambda model: rows_at_once)
+    prompts = ["<video>\nDescribe the video in detail.", "Tell me everything.", "<video>\nWhat moves?", "<image>\nHi"]
+    inputs = processor(text=prompts, videos=[media["long"], None, media["short"], media["image"]])
+    length = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        free = model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=None)[:, length:]
+    eos = int(free[0, 3])  # a token row 0 emits at step 3 ends it there: rows end at different steps
+    with torch.inference_mode():
+        expected = model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=eos)[:, length:]
+    settings = engine.DecodeSettings(max_new_tokens=10, eos_token_id=[eos, -5], sampler=engine.Sampler())
+    rows = {row: [] for row in range(4)}
+    with torch.inference_mode():
+        for step in engine.decode(model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                                  settings, extra_inputs={"image_grid_thw": inputs["image_grid_thw"]}):
+            for row, token in step.items():
+                rows[row].append(token)
+    for row in range(4):
+        assert rows[row] == expected[row, : len(rows[row])].tolist(), row
+        assert len(rows[row]) == 10 or rows[row][-1] == eos
+    assert len(rows[0]) == 4
+
+
+def test_describer_batch_equals_each_item_alone(loaded, media, monkeypatch):
+    model, processor = loaded
+    settings = GenerationSettings(max_new_tokens=8)
+    # A random model's ids are mostly outside the tiny tokenizer's vocabulary: compare the ids themselves.
+    pad = processor.tokenizer.pad_token_id
+    monkeypatch.setattr(processor, "batch_decode", lambda ids, **kwargs: [
+        " ".join(str(token) for token in row.tolist() if token != pad) for row in ids
+    ])
+    requests = [DescribeRequest(name, path) for name, path in media.items()]
+    batched = list(Describer(model, processor, settings, batch_size=4, num_workers=0).run(requests))
+    alone = Describer(model, processor, settings, batch_size=1, num_workers=0)
+    assert [result.key for result in batched] == list(media)
+    for result in batched:
+        assert result.error is None and result.text
+        assert next(alone.run([DescribeRequest(result.key, media[result.key])])).text == result.text
+    by_key = {result.key: result for result in batched}
+    assert len(by_key["long"].frame_indices) == 16 and by_key["medium"].frame_indices == list(range(9))
+    assert by_key["image"].prompt == "<image>\nDescribe the image in detail."
+
+
+def test_describer_prompt_is_the_checkpoint_s_chat_template(loaded, media):
+    from tarsier.inference import prepare_request
+
+    _, processor = loaded
+    prepared = prepare_request(processor, DescribeRequest("clip", media["short"]))
+    assert prepared.error is None and prepared.prompt == "<video>\nDescribe the video in detail."
+    text = processor.tokenizer.decode(prepared.ids)
+    assert text.startswith("<|im_start|>") and "<|vision_start|><|image_pad|>" in text
+    assert text.endswith("Describe the video in detail.<|im_end|>\n<|im_start|>assistant\n")
+    assert prepared.media_inputs["image_grid_thw"].tolist() == [[3, 4, 4]]
+
+
+def test_describe_cli_describes_with_the_family_s_frames(tarsier2_checkpoint, media, capsys):
+    """In process: a JSON record (a random model's ids are mostly outside the tiny tokenizer, so the
+    text itself may be empty) and the streamed form both exit 0."""
+    from tarsier.cli import main
+
+    args = ["--model", str(tarsier2_checkpoint), "--device", "cpu", "--max-new-tokens", "5", "--max-frames", "16",
+            "--no-progress"]
+    assert main(["describe", str(media["long"]), "--json", *args]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["error"] is None and isinstance(record["text"], str) and len(record["frames"]) == 16
+    assert main(["describe", str(media["medium"]), *args]) == 0
+    out = capsys.readouterr()
+    assert out.out.endswith("\n") and out.err == ""
