@@ -41,7 +41,7 @@ from tarsier.checkpoints import resolve_checkpoint_dir
 from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier2 import Tarsier2Config
-from tarsier.processor import ItemInputs, MediaItem, _media_per_prompt, collate_items
+from tarsier.processor import ItemInputs, MediaItem, collate_items, left_pad, media_per_prompt
 from tarsier.prompting import counted
 
 TARSIER2_PROCESSOR_FILES = (
@@ -342,14 +342,7 @@ class Tarsier2Processor:
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Left-pad id lists into ``input_ids`` and ``attention_mask``."""
-        longest = max(len(seq) for seq in sequences)
-        input_ids = torch.full((len(sequences), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if seq:
-                input_ids[row, longest - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-                attention_mask[row, longest - len(seq) :] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return left_pad(sequences, self.tokenizer.pad_token_id)
 
     def __call__(
         self,
@@ -372,7 +365,7 @@ class Tarsier2Processor:
         if return_tensors not in ("pt", None):
             raise ValueError("Tarsier2Processor returns PyTorch tensors only (return_tensors='pt')")
         texts = [text] if isinstance(text, str) else list(text)
-        items = _media_per_prompt(videos if videos is not None else images, len(texts))
+        items = media_per_prompt(videos if videos is not None else images, len(texts))
         prepared = [
             self.encode_item(prompt, None if item is None else self.load_media(item, n_frames, start_time, end_time))
             for prompt, item in zip(texts, items)

@@ -175,6 +175,27 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 ItemInputs = tuple[Sequence[int], Mapping[str, torch.Tensor]]
 
 
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, labels: Sequence[Sequence[int]] | None = None
+) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` (and ``labels`` with -100), padded on the left as both
+    families' batches are, so every row's last prompt token is the batch's last column."""
+    longest = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    padded_labels = torch.full((len(sequences), longest), -100, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            input_ids[row, longest - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, longest - len(seq) :] = 1
+            if labels is not None:
+                padded_labels[row, longest - len(seq) :] = torch.tensor(labels[row], dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if labels is not None:
+        batch["labels"] = padded_labels
+    return batch
+
+
 def collate_items(processor: Any, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
     """Prepared items -> one batch: ids left-padded by ``processor.pad``, each media input
     concatenated in item order (items without media add nothing)."""
@@ -371,21 +392,7 @@ class TarsierProcessor:
 
     def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
         """Left-pad id lists into ``input_ids`` / ``attention_mask`` (and ``labels`` with -100)."""
-        longest = max(len(seq) for seq in sequences)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-        padded_labels = torch.full((len(sequences), longest), -100, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if seq:
-                input_ids[row, longest - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-                attention_mask[row, longest - len(seq) :] = 1
-                if labels is not None:
-                    padded_labels[row, longest - len(seq) :] = torch.tensor(labels[row], dtype=torch.long)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if labels is not None:
-            batch["labels"] = padded_labels
-        return batch
+        return left_pad(sequences, self.tokenizer.pad_token_id, labels)
 
     def __call__(
         self,
@@ -409,7 +416,7 @@ class TarsierProcessor:
         if return_tensors not in ("pt", None):
             raise ValueError("TarsierProcessor returns PyTorch tensors only (return_tensors='pt')")
         texts = [text] if isinstance(text, str) else list(text)
-        items = _media_per_prompt(videos if videos is not None else images, len(texts))
+        items = media_per_prompt(videos if videos is not None else images, len(texts))
 
         sequences, frames = [], []
         for position, (prompt, item) in enumerate(zip(texts, items)):
@@ -437,7 +444,7 @@ class TarsierProcessor:
         return [[int(t) for t in row if int(t) not in layout_ids] for row in rows]
 
 
-def _media_per_prompt(media: Any, n_prompts: int) -> list[Any]:
+def media_per_prompt(media: Any, n_prompts: int) -> list[Any]:
     """The media item of each prompt: a list/tuple holds one item per prompt; anything else is one item."""
     if media is None:
         return [None] * n_prompts

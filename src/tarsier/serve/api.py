@@ -95,7 +95,7 @@ class _ReplyText:
         from tarsier.generation import TextPieces
 
         self.pieces = TextPieces(processor.tokenizer)
-        self.eos = processor.tokenizer.eos_token_id
+        self.stop_ids = set(processor.eos_token_ids)
         self.stop = stop
         self.text = ""
         self.sent = 0
@@ -104,7 +104,7 @@ class _ReplyText:
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        if token == self.eos:
+        if token in self.stop_ids:
             self.stopped = True
             return self.end()
         self.pieces.add(token)

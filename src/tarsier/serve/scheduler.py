@@ -293,7 +293,7 @@ class Scheduler:
             inputs["pixel_values"] = torch.cat(pixels).to(self.model.dtype)
         self.stats.batches += 1
         self.stats.batch_sizes[len(jobs)] = self.stats.batch_sizes.get(len(jobs), 0) + 1
-        eos = self.processor.tokenizer.eos_token_id
+        stop_ids = set(self.processor.eos_token_ids)
         counts = [0] * len(jobs)
         settings = [job.settings for job in jobs]
         for step in iter_tokens(self.model, self.processor, inputs, settings, cancelled=_CancelledRows(jobs)):
@@ -301,7 +301,7 @@ class Scheduler:
                 job = jobs[row]
                 job.on_token(token)
                 counts[row] += 1
-                if (token == eos and not job.settings.ignore_eos) or counts[row] >= job.settings.max_new_tokens:
+                if (token in stop_ids and not job.settings.ignore_eos) or counts[row] >= job.settings.max_new_tokens:
                     ended.add(row)
                     self._running -= 1
                     job.on_end(None)
