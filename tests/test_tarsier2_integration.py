@@ -7,7 +7,7 @@ import torch
 
 from media_factory import make_image, make_video
 from tarsier import TarsierForConditionalGeneration
-from tarsier.generation import GenerationSettings
+from tarsier.generation import ChatSession, GenerationSettings, generate_ids
 from tarsier.inference import DescribeRequest, Describer
 from tarsier.model import Tarsier2ForConditionalGeneration
 from tarsier.processing_tarsier2 import Tarsier2Processor
@@ -122,3 +122,63 @@ def test_describe_cli_describes_with_the_family_s_frames(tarsier2_checkpoint, me
     assert main(["describe", str(media["medium"]), *args]) == 0
     out = capsys.readouterr()
     assert out.out.endswith("\n") and out.err == ""
+
+
+def test_chat_with_its_cache_equals_an_uncached_run_of_the_whole_conversation(loaded, media, monkeypatch):
+    """Turn 2 continues turn 1's cache at the first turn's M-RoPE delta and with the tokens the
+    checkpoint's template writes between turns, so it decodes as the whole conversation run afresh."""
+    model, processor = loaded
+    frames = processor.load_media(media["short"])
+    settings = GenerationSettings(max_new_tokens=6)
+    vision_calls = []
+    encode_media = model.get_image_features
+    monkeypatch.setattr(model, "get_image_features", lambda *args: vision_calls.append(1) or encode_media(*args))
+    session = ChatSession(model, processor, frames, settings)
+    "".join(session.ask("What happens?"))
+    cached = session._cache.length
+    positions = []  # turn 2's, prefill then each step
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kwargs: positions.append(kwargs["position_ids"]) or forward(**kwargs))
+    "".join(session.ask("And then?"))
+    monkeypatch.setattr(model, "forward", forward)
+    assert len(vision_calls) == 1  # the frames were encoded once for both turns
+    assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
+
+    def greedy(ids, media_inputs):
+        return generate_ids(model, processor, {**processor.pad([ids]), **media_inputs}, settings)[0].tolist()
+
+    # The conversation as the template renders it, the first reply being the ids the model generated
+    # (a random model's ids do not survive decoding to text and encoding again).
+    first, media_inputs = processor.encode_conversation([{"role": "user", "content": "What happens?"}], frames)
+    reply = greedy(first, media_inputs)
+    reply = reply[:-1] if reply[-1] in processor.eos_token_ids else reply
+    messages = [{"role": "user", "content": "What happens?"}, {"role": "assistant", "content": ""},
+                {"role": "user", "content": "And then?"}]
+    whole, media_inputs = processor.encode_conversation(messages, frames)
+    assert whole[: len(first)] == first
+    uncached = first + reply + whole[len(first) :]
+    text = processor.tokenizer.decode(uncached[len(first) + len(reply) :])
+    assert text == "<|im_end|>\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n"
+
+    assert session._ids[: len(uncached)] == uncached
+    # Turn 2 sits where the uncached run puts it: M-RoPE positions shifted by turn 1's media.
+    expected, delta = model.rope_positions(torch.tensor([uncached]), None, media_inputs["image_grid_thw"])
+    assert int(delta) != 0 and torch.equal(positions[0], expected[:, :, cached:])
+    assert positions[1].flatten().tolist() == [len(uncached) + int(delta)]
+    assert session._ids[len(uncached) :] == processor.close_reply(greedy(uncached, media_inputs))
+
+
+def test_conversation_puts_the_media_in_the_first_user_turn(loaded, media):
+    _, processor = loaded
+    frames = processor.load_media(media["image"])
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "<image>\nMore?"}]
+    ids, media_inputs = processor.encode_conversation(messages, frames)
+    text = processor.tokenizer.decode(ids)
+    n_pads = processor.media_token_count(media_inputs)
+    assert n_pads > 0 and ids.count(processor.image_token_id) == n_pads
+    assert text.count("<|vision_start|>") == 1
+    assert text.index("<|vision_start|>") < text.index("Hi") < text.index("Hello.") < text.index("More?")
+    assert "<image>" not in text and text.endswith("More?<|im_end|>\n<|im_start|>assistant\n")
+    single, _ = processor.encode_item("Hi", frames)
+    assert processor.encode_conversation(messages[:1], frames)[0] == single

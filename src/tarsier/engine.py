@@ -35,7 +35,12 @@ if TYPE_CHECKING:
 
 
 class KVCache:
-    """transformers' ``StaticCache`` plus what the loop needs: capacity, row copies, dropping rows."""
+    """transformers' ``StaticCache`` plus what the loop needs: capacity, row copies, dropping rows.
+
+    ``rope_deltas`` (``[B, 1]``, set when a prompt is prefilled) is each row's position delta: a chat's
+    later turn continues at ``attended tokens + delta``, Tarsier2's M-RoPE delta from its first turn's
+    media (0 for Tarsier).
+    """
 
     def __init__(self, model: TarsierModel, batch_size: int, capacity: int, *, allocate: bool = False):
         from transformers import StaticCache
@@ -43,6 +48,7 @@ class KVCache:
         text = model.config.text_config
         self.cache = StaticCache(config=text, max_cache_len=capacity)
         self.capacity = capacity
+        self.rope_deltas: torch.Tensor | None = None
         if allocate:  # needed before rows are copied in; otherwise each layer allocates on its own device
             head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
             self.cache.early_initialization(batch_size, text.num_key_value_heads, head_dim, model.dtype, model.device)
@@ -73,6 +79,7 @@ class KVCache:
         if capacity <= self.capacity:
             return self
         grown = KVCache(model, 1, capacity)
+        grown.rope_deltas = self.rope_deltas
         length = self.length
         for index, layer in enumerate(self.cache.layers):
             grown.cache.layers[index].update(layer.keys[:, :, :length], layer.values[:, :, :length])
@@ -195,7 +202,8 @@ def decode(
     step) stops there. Stopping the iteration early stops generation after the current step.
 
     The model places the prompt (:meth:`prefill_positions`: positions and a per-row delta, 0 for
-    Tarsier, M-RoPE's for Tarsier2); every later token sits at ``attended tokens + delta``.
+    Tarsier, M-RoPE's for Tarsier2); every later token sits at ``attended tokens + delta``. A
+    continued cache's turn adds the delta of the turns before it (``KVCache.rope_deltas``).
     """
     batch, length = input_ids.shape
     per_row = [settings] * batch if isinstance(settings, DecodeSettings) else list(settings)
@@ -221,7 +229,10 @@ def decode(
     mask[:, :past] = 1
     mask[:, past : past + length] = attention_mask.to(device)
     positions, deltas = model.prefill_positions(input_ids, mask[:, past : past + length], media)
-    positions = positions + past  # a continued chat's earlier turns fill every position before this one
+    if past:  # a continued chat: earlier turns fill every position before this one, shifted by their delta
+        deltas = deltas + cache.rope_deltas
+        positions = positions + past + cache.rope_deltas
+    cache.rope_deltas = deltas
     next_position = mask.sum(-1) + deltas[:, 0]
     logits = _prefill(model, input_ids, mask, positions, media, cache)
 

@@ -180,10 +180,12 @@ class TextPieces:
 class ChatSession:
     """A multi-turn conversation about one video that keeps its KV cache between turns.
 
-    The first turn encodes the frames once; later turns append only their own tokens
-    (``USER: ... ASSISTANT: ``) after the previous reply and its end separator, so neither the
-    video nor the history is recomputed. Unlike the reference, which re-tokenises the whole
-    conversation as text every turn, the model sees exactly the tokens it generated.
+    The first turn encodes the frames once; later turns append only their own tokens (what the
+    processor's chat template adds for a new question) after the previous reply and its end of
+    turn, so neither the video nor the history is recomputed. Unlike the reference, which
+    re-tokenises the whole conversation as text every turn, the model sees exactly the tokens it
+    generated. Either family: the processor says how turns are written, the engine continues the
+    cache's positions (Tarsier2's M-RoPE delta included).
     """
 
     model: TarsierForConditionalGeneration
@@ -193,6 +195,7 @@ class ChatSession:
     history: list[dict[str, str]] = field(default_factory=list)
     _ids: list[int] = field(default_factory=list, repr=False)
     _cache: Any = field(default=None, repr=False)
+    _media: dict[str, Any] = field(default_factory=dict, repr=False)  # the frames' inputs, kept for a rebuilt cache
 
     def ask(self, question: str) -> Iterator[str]:
         """Stream the reply to ``question``; the turn is recorded once the reply is complete.
@@ -204,17 +207,13 @@ class ChatSession:
 
         from tarsier.engine import KVCache
 
-        template = self.processor.chat_template
-        n_frames = len(self.frames.images)
         before = self._ids
         if not self._ids:
-            prompt = template.render([{"role": "user", "content": question}], n_frames)
-            ids = self.processor.encode_prompt(prompt, n_frames)
+            ids, self._media = self.processor.encode_conversation([{"role": "user", "content": question}], self.frames)
         else:
-            ids = self._ids + self.processor.encode_prompt(template.user_turn(question), 0, add_bos=False)
-        extra: dict[str, Any] = {}
-        if self._cache is None:  # first turn, or after an interrupted one: encode the frames (again)
-            extra["pixel_values"] = self.processor.pixel_values(self.frames.images)
+            ids = self._ids + self.processor.follow_up_ids(question)
+        # First turn, or after an interrupted one: the frames go in (again) with the whole prompt.
+        extra = self._media if self._cache is None else {}
         cached = self._cache.length if self._cache is not None else 0
         needed = len(ids) + self.settings.max_new_tokens
         if self._cache is None or self._cache.capacity < needed:
@@ -233,8 +232,5 @@ class ChatSession:
         finally:
             if not finished:
                 self._ids, self._cache = before, None
-        end_id = self.processor.tokenizer.convert_tokens_to_ids(template.assistant_sep)
-        if not reply_ids or reply_ids[-1] != end_id:
-            reply_ids.append(end_id)  # a reply cut by max_new_tokens still closes its turn
-        self._ids = ids + reply_ids
+        self._ids = ids + self.processor.close_reply(reply_ids)  # a reply cut by max_new_tokens still closes its turn
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(pieces)}]

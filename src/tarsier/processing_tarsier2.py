@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,14 +300,36 @@ class Tarsier2Processor:
         patches, grid = cut_temporal_patches(clip, processor.patch_size, processor.merge_size, repeat)
         return MediaInputs(torch.from_numpy(np.ascontiguousarray(patches)), grid, sampled)
 
+    @property
+    def max_n_frames(self) -> int:
+        """The most frames one video may be sampled to (servers cap requests with it)."""
+        return self.rules.max_n_frames
+
     # -- text -------------------------------------------------------------------------------------
     def render_prompt(self, text: str, media: MediaInputs | None = None, source: str | None = None) -> str:
         """The prompt string the checkpoint's chat template makes of ``text`` (and the media)."""
+        return self.render_conversation([{"role": "user", "content": text}], media, source)
+
+    def render_conversation(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        media: MediaInputs | None = None,
+        source: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The string the checkpoint's chat template makes of ``messages`` (``role``/``content`` dicts),
+        the media in the first user turn (its placeholder's place, else first) as in the reference."""
         media_type = None if media is None else ("image" if media.frames.kind == "image" else "video")
         n_tokens = 0 if media is None else media.n_tokens(self.merge_size)
-        messages = [{"role": "user", "content": user_content(text, media_type, n_tokens, source)}]
+        rendered: list[dict[str, Any]] = []
+        for message in messages:
+            content: Any = message["content"]
+            if message["role"] == "user":
+                first = not any(earlier["role"] == "user" for earlier in rendered)
+                content = user_content(content, media_type if first else None, n_tokens, source)
+            rendered.append({"role": message["role"], "content": content})
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+            rendered, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
     def expand_media(self, ids: Sequence[int], n_tokens: Sequence[int], source: str | None = None) -> list[int]:
@@ -389,6 +411,48 @@ class Tarsier2Processor:
     def collate(self, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
         """Items from :meth:`encode_item` -> the model's inputs for one left-padded batch."""
         return collate_items(self, items)
+
+    # -- conversations (chat, serving): as TarsierProcessor's --------------------------------------
+    def encode_conversation(
+        self, messages: Sequence[Mapping[str, str]], frames: SampledFrames | None
+    ) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """A whole conversation (``role``/``content`` dicts ending with a user turn) and its media
+        -> the ids of the prompt for the next reply (pads expanded) and the media inputs."""
+        media = None if frames is None else self.media_inputs(frames)
+        source = None if frames is None or frames.source.startswith("<") else frames.source
+        ids = self.tokenizer.encode(self.render_conversation(messages, media, source), add_special_tokens=False)
+        ids = self.expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
+        if media is None:
+            return ids, {}
+        return ids, {"pixel_values": media.pixel_values, "image_grid_thw": torch.tensor([media.grid], dtype=torch.long)}
+
+    def close_reply(self, reply_ids: Sequence[int]) -> list[int]:
+        """A generated reply as the conversation keeps it: its stop id replaced by the end of turn
+        the template writes after a reply (``<|im_end|>\\n``), so later turns see what an uncached
+        rendering of the conversation would hold."""
+        reply = list(reply_ids)
+        if reply and reply[-1] in self.eos_token_ids:
+            reply.pop()
+        marker = "\x00reply\x00"
+        rendered = self.render_conversation(
+            [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}], add_generation_prompt=False
+        )
+        return reply + self.tokenizer.encode(rendered.split(marker, 1)[1], add_special_tokens=False)
+
+    def follow_up_ids(self, question: str) -> list[int]:
+        """The ids a later user turn adds after a closed reply: what the template appends to a
+        conversation for ``question`` and the pending assistant turn."""
+        history = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
+        before = self.render_conversation(history, add_generation_prompt=False)
+        after = self.render_conversation([*history, {"role": "user", "content": question}])
+        if not after.startswith(before):
+            raise PromptError("the chat template rewrites earlier turns when one is added; a chat cannot continue it")
+        return self.tokenizer.encode(after[len(before) :], add_special_tokens=False)
+
+    def media_token_count(self, media: Mapping[str, torch.Tensor]) -> int:
+        """How many prompt ids the media inputs fill (``<|image_pad|>`` slots)."""
+        grid = media.get("image_grid_thw")
+        return 0 if grid is None else int(grid.prod(-1).sum()) // self.merge_size**2
 
     # -- decoding ---------------------------------------------------------------------------------
     def batch_decode(

@@ -211,7 +211,8 @@ class TarsierProcessor:
     :meth:`from_pretrained` gives a :class:`~tarsier.processing_tarsier2.Tarsier2Processor` for a
     Tarsier2 checkpoint. Both offer what the rest of the package uses: ``__call__``,
     ``load_media``, :meth:`encode_item`, :meth:`collate`, ``pad``, ``decode``/``batch_decode``,
-    ``eos_token_ids`` and ``tokenizer``.
+    ``eos_token_ids``, ``max_n_frames``, ``tokenizer`` and, for conversations (chat, serving),
+    :meth:`encode_conversation`, :meth:`close_reply`, :meth:`follow_up_ids` and :meth:`media_token_count`.
     """
 
     default_n_frames = 8  # the reference's
@@ -365,6 +366,33 @@ class TarsierProcessor:
         """The ids that end a reply."""
         eos = self.tokenizer.eos_token_id
         return () if eos is None else (eos,)
+
+    # -- conversations (chat, serving): as Tarsier2Processor's -------------------------------------
+    def encode_conversation(
+        self, messages: Sequence[Mapping[str, str]], frames: SampledFrames | None
+    ) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """A whole conversation (``role``/``content`` dicts ending with a user turn) and its media
+        -> the ids of the prompt for the next reply and the media inputs. The frames' placeholders
+        lead the first user turn."""
+        n_frames = 0 if frames is None else len(frames.images)
+        ids = self.encode_prompt(self.chat_template.render(messages, n_frames), n_frames)
+        return ids, {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+
+    def close_reply(self, reply_ids: Sequence[int]) -> list[int]:
+        """A generated reply as the conversation keeps it: ending with the template's separator,
+        which a reply cut by its token limit lacks."""
+        end_id = self.tokenizer.convert_tokens_to_ids(self.chat_template.assistant_sep)
+        return list(reply_ids) if reply_ids and reply_ids[-1] == end_id else [*reply_ids, end_id]
+
+    def follow_up_ids(self, question: str) -> list[int]:
+        """The ids a later user turn adds after a closed reply: the question and the pending
+        assistant turn (``USER: ... ASSISTANT: ``)."""
+        return self.encode_prompt(self.chat_template.user_turn(question), 0, add_bos=False)
+
+    def media_token_count(self, media: Mapping[str, torch.Tensor]) -> int:
+        """How many prompt ids the media inputs fill (the frames' full layouts)."""
+        pixels = media.get("pixel_values")
+        return 0 if pixels is None else pixels.shape[0] * len(self.layout.frame_token_ids)
 
     # -- text -------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, n_frames: int, source: str | None = None) -> str:

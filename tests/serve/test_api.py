@@ -393,3 +393,34 @@ def test_sigterm_drains_requests_in_progress_and_refuses_new_ones(fast_checkpoin
             process.kill()
         output = process.stdout.read()
     assert "Traceback" not in output, output
+
+
+def test_a_tarsier2_checkpoint_serves_video_and_text_in_one_batch_as_the_library_alone(tarsier2_checkpoint, media):
+    """The server's prompt (the checkpoint's chat template) and its batch (image_grid_thw collated
+    with the pixels) give each request the greedy ids the library gives it alone."""
+    loaded = load_pretrained(tarsier2_checkpoint, device="cpu", progress=False)
+    model, processor = loaded
+    clip = media[0] / "clip.mp4"
+
+    def alone(frames, text):
+        inputs = processor.collate([processor.encode_item(text, frames)])
+        out = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=8))[0].tolist()
+        ends = [index for index, token in enumerate(out) if token in processor.eos_token_ids]
+        return out[: ends[0] + 1] if ends else out
+
+    requests = [video_message("clip.mp4", "What moves?"), [{"role": "user", "content": "Hello there."}]]
+    results = [None] * len(requests)
+    with live_server(loaded, media=MediaPolicy(media_root=media[0]), batch_wait_ms=300) as (url, _):
+        def ask(index):
+            results[index] = client(url).chat.completions.create(
+                model=MODEL, messages=requests[index], max_tokens=8, extra_body={"return_token_ids": True})
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'tarsier_batches_total{size="2"} 1' in metrics
+    assert results[0].choices[0].model_extra["token_ids"] == alone(processor.load_media(str(clip)), "What moves?")
+    assert results[1].choices[0].model_extra["token_ids"] == alone(None, "Hello there.")

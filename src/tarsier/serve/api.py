@@ -62,7 +62,7 @@ class ServeConfig:
 @dataclass
 class _Prepared:
     ids: list[int]
-    pixels: torch.Tensor | None
+    media: dict[str, torch.Tensor]  # the model's media inputs (pixel_values, Tarsier2's image_grid_thw)
     prompt_tokens: int
 
 
@@ -248,7 +248,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
 
         with scheduler.preparing():  # the next batch waits for this request's media
             prepared = await loop.run_in_executor(media_pool, _prepare, processor, chat, config)
-            job = Job(prepared.ids, prepared.pixels, chat.settings, reply.on_token, reply.on_end)
+            job = Job(prepared.ids, prepared.media, chat.settings, reply.on_token, reply.on_end)
             reply.job = job
             try:
                 scheduler.submit(job)
@@ -282,26 +282,25 @@ async def _read_json(request: Request, limit: int) -> Any:
 
 
 def _prepare(processor: TarsierProcessor, chat: ChatRequest, config: ServeConfig) -> _Prepared:
-    """Fetch and sample the media, build the prompt ids (runs in the media pool)."""
-    pixels, n_frames = None, 0
+    """Fetch and sample the media, build the prompt ids with the processor's chat template (either
+    family: the media in the first user turn, earlier assistant turns included); runs in the media pool."""
     try:
         if chat.media_url is not None:
             with local_media(chat.media_url, config.media) as (path, name):
                 try:
                     frames = processor.load_media(path, chat.max_frames, chat.start_time, chat.end_time)
-                    pixels = processor.pixel_values(frames.images)
+                    ids, media = processor.encode_conversation(chat.messages, frames)
                 except TarsierError as exc:
                     raise ApiError(400, str(exc).replace(path, name)) from None
-            n_frames = len(frames.images)
-        text = processor.chat_template.render(chat.messages, n_frames)
-        ids = processor.encode_prompt(text, n_frames)
+        else:
+            ids, media = processor.encode_conversation(chat.messages, None)
     except TarsierError as exc:
         raise ApiError(400, str(exc)) from None
-    prompt_tokens = len(ids) - n_frames * len(processor.layout.frame_token_ids)
+    prompt_tokens = len(ids) - processor.media_token_count(media)
     if prompt_tokens > config.max_prompt_tokens:
         raise ApiError(400, f"the conversation is {prompt_tokens:,} tokens, over this server's limit of "
                        f"{config.max_prompt_tokens:,}", "messages")
-    return _Prepared(ids, pixels, len(ids))
+    return _Prepared(ids, media, len(ids))
 
 
 @dataclass

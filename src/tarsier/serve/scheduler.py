@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,7 +52,7 @@ class Job:
     """One prompt to generate for. ``on_token`` and ``on_end`` are called on the model thread."""
 
     ids: list[int]
-    pixels: torch.Tensor | None
+    media: Mapping[str, torch.Tensor] | None  # the processor's media inputs for the prompt (None: text only)
     settings: GenerationSettings
     on_token: Callable[[int], None]
     on_end: Callable[[str | None], None]  # None when generation ended normally, else a one-line error
@@ -283,14 +283,10 @@ class Scheduler:
     def _generate(self, jobs: list[Job], ended: set[int], tokens: list[int]) -> None:
         """Generate for ``jobs`` as one batch. A job ends as soon as its row does (EOS or its token
         limit), not when the batch does; ``ended`` collects those rows, ``tokens[0]`` counts tokens."""
-        import torch
-
         from tarsier.generation import iter_tokens
 
-        inputs: dict[str, Any] = self.processor.pad([job.ids for job in jobs])
-        pixels = [job.pixels for job in jobs if job.pixels is not None]
-        if pixels:
-            inputs["pixel_values"] = torch.cat(pixels).to(self.model.dtype)
+        # collate concatenates every media input (Tarsier2's image_grid_thw too); iter_tokens casts pixels.
+        inputs = self.processor.collate([(job.ids, job.media or {}) for job in jobs])
         self.stats.batches += 1
         self.stats.batch_sizes[len(jobs)] = self.stats.batch_sizes.get(len(jobs), 0) + 1
         stop_ids = set(self.processor.eos_token_ids)
