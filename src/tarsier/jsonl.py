@@ -102,10 +102,19 @@ def drop_records(path: str | Path, unwanted: Callable[[dict[str, Any]], bool]) -
     records = read_records(path)
     kept = [record for record in records if not unwanted(record)]
     if len(kept) != len(records):
-        scratch = path.with_name(path.name + ".tmp")
-        scratch.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
-        os.replace(scratch, path)
+        write_records_atomically(path, kept)
     return len(records) - len(kept)
+
+
+def write_records_atomically(path: Path, records: list[dict[str, Any]], scratch_suffix: str = ".tmp") -> None:
+    """Replace ``path`` with ``records`` as JSONL: written beside it, synced, then renamed into place,
+    so a reader (or a crash) sees the old file or the whole new one, never half of it."""
+    scratch = path.with_name(path.name + scratch_suffix)
+    with scratch.open("w", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(scratch, path)
 
 
 class OutputLock:

@@ -86,6 +86,15 @@ def server(loaded, media):
         yield running
 
 
+def at_once(ask, count: int) -> None:
+    """``ask(0) .. ask(count - 1)`` from as many threads at the same time, waiting for all."""
+    threads = [threading.Thread(target=ask, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+
 def client(url: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
 
@@ -193,11 +202,7 @@ def test_concurrent_requests_are_batched_and_match_each_alone(loaded, media):
             results[index] = client(url).chat.completions.create(
                 model=MODEL, messages=video_message(name, text), max_tokens=tokens, extra_body={"return_token_ids": True})
 
-        threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(requests))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        at_once(ask, len(requests))
         metrics = httpx.get(f"{url}/metrics").text
     sizes = [int(line.split('"')[1]) for line in metrics.splitlines() if line.startswith("tarsier_batches_total{")]
     assert max(sizes) > 1, metrics
@@ -301,16 +306,12 @@ def test_a_full_queue_answers_503_with_retry_after(loaded, media):
                      max_tokens=64) as (url, _):
         statuses, headers = [], []
 
-        def ask():
+        def ask(_):
             response = post(url, chat_body("clip.mp4", max_tokens=64))
             statuses.append(response.status_code)
             headers.append(response.headers.get("retry-after"))
 
-        threads = [threading.Thread(target=ask) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        at_once(ask, 6)
     assert 503 in statuses and 200 in statuses, statuses
     assert all(header == "1" for status, header in zip(statuses, headers) if status == 503)
 
@@ -415,11 +416,7 @@ def test_a_tarsier2_checkpoint_serves_video_and_text_in_one_batch_as_the_library
             results[index] = client(url).chat.completions.create(
                 model=MODEL, messages=requests[index], max_tokens=8, extra_body={"return_token_ids": True})
 
-        threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(requests))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        at_once(ask, len(requests))
         metrics = httpx.get(f"{url}/metrics").text
     assert 'tarsier_batches_total{size="2"} 1' in metrics
     assert results[0].choices[0].model_extra["token_ids"] == alone(processor.load_media(str(clip)), "What moves?")

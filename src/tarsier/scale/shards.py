@@ -8,8 +8,6 @@ simply run again. Resume reads every shard; ``merge_shards`` makes one JSONL of 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tarsier.errors import TarsierError
-from tarsier.jsonl import read_records
+from tarsier.jsonl import read_records, write_records_atomically
 
 SHARD_GLOB = "part-*.jsonl"
 PENDING_SUFFIX = ".pending"
@@ -50,7 +48,7 @@ def drop_shard_records(folder: str | Path, unwanted: Callable[[dict[str, Any]], 
             continue
         dropped += len(records) - len(kept)
         if kept:
-            _write_atomically(shard, kept)
+            write_records_atomically(shard, kept, PENDING_SUFFIX)
         else:
             shard.unlink()
     return dropped
@@ -70,7 +68,7 @@ def merge_shards(folder: str | Path, output: str | Path, key: str = "key") -> in
     for record in read_shard_records(folder):
         by_key.pop(record.get(key), None)  # re-insert so the order is that of the latest records
         by_key[record.get(key)] = record
-    _write_atomically(Path(output), list(by_key.values()))
+    write_records_atomically(Path(output), list(by_key.values()), PENDING_SUFFIX)
     return len(by_key)
 
 
@@ -99,7 +97,7 @@ class ShardWriter:
 
     def flush(self) -> None:
         if self._buffer:
-            _write_atomically(self.folder / f"{self._prefix}-{self._count:05d}.jsonl", self._buffer)
+            write_records_atomically(self.folder / f"{self._prefix}-{self._count:05d}.jsonl", self._buffer, PENDING_SUFFIX)
             self._count += 1
             self._buffer = []
         self._since = time.monotonic()
@@ -113,11 +111,3 @@ class ShardWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()  # also on Ctrl-C: finished records are kept
 
-
-def _write_atomically(path: Path, records: list[dict[str, Any]]) -> None:
-    scratch = path.with_name(path.name + PENDING_SUFFIX)
-    with scratch.open("w", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(scratch, path)
