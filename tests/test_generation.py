@@ -168,3 +168,51 @@ def test_chat_turn_cut_short_leaves_the_session_as_before(fast):
     fresh = ChatSession(model, processor, video, settings)
     assert "".join(fresh.ask("What happens?")) == first
     assert "".join(session.ask("And then?")) == "".join(fresh.ask("And then?"))
+
+
+@pytest.mark.parametrize("family", ["fast_checkpoint", "tarsier2_checkpoint"])
+def test_repetition_penalty_gives_generate_s_ids_alone_and_in_a_batch(family, request):
+    """transformers' repetition penalty over the prompt's and the reply's ids, per row (padding is
+    not part of a row's sequence, so a batch gives each row's single-prompt ids). A penalty under 1
+    (allowed, it favours repeats) makes sure it changes these random models' replies."""
+    checkpoint = request.getfixturevalue(family)
+    model = TarsierForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    processor = TarsierProcessor.from_pretrained(checkpoint, max_n_frames=3)
+    prompts = ["<video>\nDescribe the video in detail.", "Tell me everything about it."]
+    videos = [frames(3, 0), None]
+    penalised = GenerationSettings(max_new_tokens=12, repetition_penalty=0.3, ignore_eos=True)
+    batch = generate_ids(model, processor, processor(text=prompts, videos=videos), penalised)
+    for row, (prompt, video) in enumerate(zip(prompts, videos)):
+        inputs = processor(text=prompt, videos=None if video is None else [video])
+        with torch.inference_mode():
+            reference = model.generate(**inputs, max_new_tokens=12, do_sample=False, repetition_penalty=0.3,
+                                       eos_token_id=None, pad_token_id=0)[0, inputs["input_ids"].shape[1] :]
+        plain = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=12, ignore_eos=True))[0]
+        assert batch[row].tolist() == reference.tolist(), row
+        assert plain.tolist() != reference.tolist()  # the penalty changed this random model's reply
+
+
+def test_the_checkpoint_s_repetition_penalty_is_the_default(fast):
+    _, processor = fast
+    assert GenerationSettings().decode_settings(processor).repetition_penalty == 1.0  # no generation_config.json
+    processor.generation_config = {"repetition_penalty": 1.05}
+    try:
+        assert GenerationSettings().decode_settings(processor).repetition_penalty == 1.05
+        assert GenerationSettings(repetition_penalty=1.0).decode_settings(processor).repetition_penalty == 1.0
+    finally:
+        processor.generation_config = {}
+    with pytest.raises(TarsierError, match="repetition_penalty must be > 0"):
+        GenerationSettings(repetition_penalty=0)
+
+
+def test_a_chat_s_later_turn_penalises_the_earlier_turns_ids_too(fast):
+    model, processor = fast
+    video = SampledFrames(frames(2, 5), [0, 1], 2, None, "test", "frames")
+    settings = GenerationSettings(max_new_tokens=6, repetition_penalty=0.3)
+    session = ChatSession(model, processor, video, settings)
+    "".join(session.ask("What happens?"))
+    turn_two = session._ids + processor.follow_up_ids("And then?")
+    second = "".join(session.ask("And then?"))
+    ids = torch.tensor([turn_two])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": processor.pixel_values(video.images)}
+    assert generate_text(model, processor, inputs, settings)[0] == second

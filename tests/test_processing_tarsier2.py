@@ -82,7 +82,9 @@ def test_frame_count_is_capped_at_max_n_frames(processor, tmp_path):
     from media_factory import make_frame_folder
 
     make_frame_folder(tmp_path / "frames", 300, size=(16, 16))
-    assert len(processor.load_media(tmp_path / "frames", n_frames=1000).indices) == 256
+    assert processor.max_n_frames == 16
+    assert len(processor.load_media(tmp_path / "frames", n_frames=1000).indices) == 16
+    assert len(processor.load_media(tmp_path / "frames", n_frames=5).indices) == 5
 
 
 # -- pixels -----------------------------------------------------------------------------------------
@@ -151,7 +153,7 @@ def test_video_prompt_string_ids_and_pad_count(processor):
     assert inputs["attention_mask"].tolist() == [[1] * len(ids)]
 
 
-@pytest.mark.parametrize("v1_form", ["<video>\n{q}", "<image>\n{q}", "<video>{q}", "<video>\n\n{q}"])
+@pytest.mark.parametrize("v1_form", ["<video>\n{q}", "<image>\n{q}", "<video>{q}", "<video>\n\n{q}", "<video> {q}"])
 def test_v1_placeholder_form_gives_the_prompt_of_the_bare_question(processor, v1_form):
     question = "What is the person doing?"
     frames = random_frames(2)
@@ -169,6 +171,28 @@ def test_placeholder_in_the_middle_keeps_its_place_and_text_only_drops_it(proces
     assert processor.decode(text_only, skip_special_tokens=False) == expected_prompt("Hello there", 0)
     with pytest.raises(PromptError, match="2 media placeholders but one media item"):
         processor("<video> and <video>", videos=[random_frames(1)])
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        "USER: <video> Which object moves first?\n(A) the ball\n(B) the cup\nASSISTANT: Answer: (",  # v1 release
+        "USER: <video>\nWhich object moves first?\n(A) the ball\n(B) the cup ASSISTANT: Answer: (",  # Tarsier2 release
+    ],
+)
+def test_a_framed_annotation_prompt_pre_fills_the_reply(processor, annotation):
+    """Multiple-choice annotations end ``ASSISTANT: Answer: (``: the question is the user turn and the
+    reply continues from the pre-fill (leading space kept, as Tarsier2's TVBench lines have it)."""
+    ids = processor(annotation, videos=[random_frames(1)])["input_ids"][0].tolist()
+    question = "Which object moves first?\n(A) the ball\n(B) the cup"
+    assert processor.decode(ids, skip_special_tokens=False) == expected_prompt(question, 12) + " Answer: ("
+    assert ids[-len(processor.tokenizer.encode(" Answer: (")) :] == processor.tokenizer.encode(" Answer: (")
+
+
+def test_a_frame_without_pre_fill_is_the_plain_question(processor):
+    frames = random_frames(1)
+    framed = processor("USER: <video>\nWhat is the person doing? ASSISTANT: ", videos=[frames])["input_ids"]
+    assert torch.equal(framed, processor("What is the person doing?", videos=[frames])["input_ids"])
 
 
 def test_prompt_comes_from_the_checkpoints_chat_template(checkpoint, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from tarsier import PromptError
-from tarsier.prompting import CHAT_TEMPLATES, default_prompt, format_prompt, template_for_eos
+from tarsier.prompting import CHAT_TEMPLATES, default_prompt, format_prompt, split_frame, template_for_eos
 
 
 def test_video_prompt_expands_to_one_image_per_frame_inside_the_user_frame():
@@ -63,3 +63,15 @@ def test_yi_template_and_reply_segments():
 def test_conversation_must_alternate_roles():
     with pytest.raises(PromptError, match="expected role 'assistant'"):
         CHAT_TEMPLATES["tarsier-7b"].render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], 0)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("USER: <video> Q?\n(A) a\nASSISTANT: Answer: (", ("<video> Q?\n(A) a", " Answer: (")),
+        ("USER: <video>\nDescribe. ASSISTANT: ", ("<video>\nDescribe.", "")),
+        ("<video>\nDescribe.", None),
+    ],
+)
+def test_split_frame_keeps_the_pre_fill_verbatim(prompt, expected):
+    assert split_frame(prompt) == expected

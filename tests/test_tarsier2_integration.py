@@ -114,14 +114,28 @@ def test_describe_cli_describes_with_the_family_s_frames(tarsier2_checkpoint, me
     text itself may be empty) and the streamed form both exit 0."""
     from tarsier.cli import main
 
-    args = ["--model", str(tarsier2_checkpoint), "--device", "cpu", "--max-new-tokens", "5", "--max-frames", "16",
-            "--no-progress"]
+    args = ["--model", str(tarsier2_checkpoint), "--device", "cpu", "--max-new-tokens", "5", "--no-progress"]
     assert main(["describe", str(media["long"]), "--json", *args]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["error"] is None and isinstance(record["text"], str) and len(record["frames"]) == 16
     assert main(["describe", str(media["medium"]), *args]) == 0
     out = capsys.readouterr()
     assert out.out.endswith("\n") and out.err == ""
+
+
+def test_max_frames_defaults_to_the_family_s_without_loading_weights(tarsier2_checkpoint, fast_checkpoint):
+    """Resume keys record the frame count, so it is settled from config.json alone (or, for the
+    published ids, without network)."""
+    import argparse
+
+    from tarsier.cli.options import settle_max_frames
+
+    def settled(model, max_frames=None):
+        return settle_max_frames(argparse.Namespace(model=str(model), max_frames=max_frames))
+
+    assert settled(tarsier2_checkpoint) == 16 and settled(fast_checkpoint) == 8
+    assert settled(tarsier2_checkpoint, 5) == 5
+    assert settled("omni-research/Tarsier2-Recap-7b") == 16 and settled("omni-research/Tarsier-7b") == 8
 
 
 def test_chat_with_its_cache_equals_an_uncached_run_of_the_whole_conversation(loaded, media, monkeypatch):

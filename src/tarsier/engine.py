@@ -39,7 +39,8 @@ class KVCache:
 
     ``rope_deltas`` (``[B, 1]``, set when a prompt is prefilled) is each row's position delta: a chat's
     later turn continues at ``attended tokens + delta``, Tarsier2's M-RoPE delta from its first turn's
-    media (0 for Tarsier).
+    media (0 for Tarsier). ``seen_ids`` (``[B, vocab]`` booleans, kept only under a repetition
+    penalty) marks the ids each row's sequence holds, so a later turn penalises the earlier ones too.
     """
 
     def __init__(self, model: TarsierModel, batch_size: int, capacity: int, *, allocate: bool = False):
@@ -49,6 +50,7 @@ class KVCache:
         self.cache = StaticCache(config=text, max_cache_len=capacity)
         self.capacity = capacity
         self.rope_deltas: torch.Tensor | None = None
+        self.seen_ids: torch.Tensor | None = None
         if allocate:  # needed before rows are copied in; otherwise each layer allocates on its own device
             head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
             self.cache.early_initialization(batch_size, text.num_key_value_heads, head_dim, model.dtype, model.device)
@@ -79,7 +81,7 @@ class KVCache:
         if capacity <= self.capacity:
             return self
         grown = KVCache(model, 1, capacity)
-        grown.rope_deltas = self.rope_deltas
+        grown.rope_deltas, grown.seen_ids = self.rope_deltas, self.seen_ids
         length = self.length
         for index, layer in enumerate(self.cache.layers):
             grown.cache.layers[index].update(layer.keys[:, :, :length], layer.values[:, :, :length])
@@ -113,6 +115,14 @@ class Sampler:
         return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=self._generator).squeeze(1)
 
 
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
+    """transformers' repetition penalty (in float32, as ``generate`` applies it): the logit of an id
+    already in a row's sequence is divided by the row's penalty, or multiplied when negative."""
+    logits = logits.float()
+    penalties = penalties.to(logits.device)[:, None]
+    return torch.where(seen, torch.where(logits < 0, logits * penalties, logits / penalties), logits)
+
+
 def _sample(logits: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
     """One token per row; rows sharing one sampler are sampled together."""
     if all(sampler is samplers[0] for sampler in samplers):
@@ -133,6 +143,7 @@ class DecodeSettings:
     eos_token_id: int | Collection[int] | None
     sampler: Sampler
     ignore_eos: bool = False  # benchmarks: always run max_new_tokens steps
+    repetition_penalty: float = 1.0  # 1: none; over 1 discourages ids already in the sequence (prompt included)
 
     def __post_init__(self) -> None:
         ids = self.eos_token_id
@@ -214,6 +225,7 @@ def decode(
     widest = max(1, *(len(row.stop_ids) for row in per_row))
     eos = torch.tensor([list(row.stop_ids) + [-1] * (widest - len(row.stop_ids)) for row in per_row])
     samplers = [row.sampler for row in per_row]
+    penalties = torch.tensor([row.repetition_penalty for row in per_row], dtype=torch.float32)
     longest = int(limits.max())
     past = cache.length if cache is not None else 0
     if cache is None:
@@ -235,10 +247,21 @@ def decode(
     cache.rope_deltas = deltas
     next_position = mask.sum(-1) + deltas[:, 0]
     logits = _prefill(model, input_ids, mask, positions, media, cache)
+    seen = None
+    if (penalties != 1).any():  # the prompt's attended ids (and a continued chat's earlier ones) count
+        counts = torch.zeros(batch, logits.shape[-1], dtype=torch.int32, device=device)
+        seen = counts.scatter_add_(1, input_ids, mask[:, past : past + length].int()) > 0
+        if past and cache.seen_ids is not None:
+            seen |= cache.seen_ids
+        cache.seen_ids = seen
 
     rows = torch.arange(batch)
     for step in range(longest):
+        if seen is not None:
+            logits = penalise_repeats(logits, seen, penalties)
         tokens = _sample(logits, samplers).cpu()
+        if seen is not None:
+            seen[torch.arange(len(tokens), device=device), tokens.to(device)] = True
         yield dict(zip(rows.tolist(), tokens.tolist()))
         running = ~(tokens[:, None] == eos).any(1) & (limits > step + 1)
         if cancelled:
@@ -247,10 +270,12 @@ def decode(
             if not running.any():
                 return
             keep = running.nonzero().squeeze(1)
-            rows, tokens, limits, eos = rows[keep], tokens[keep], limits[keep], eos[keep]
+            rows, tokens, limits, eos, penalties = rows[keep], tokens[keep], limits[keep], eos[keep], penalties[keep]
             samplers = [samplers[index] for index in keep.tolist()]
             on_device = keep.to(device)
             mask, next_position = mask[on_device], next_position[on_device]
+            if seen is not None:
+                seen = cache.seen_ids = seen[on_device]
             cache.keep_rows(on_device)
         mask[:, past + length + step] = 1
         out = model(input_ids=tokens[:, None].to(device), attention_mask=mask, position_ids=next_position[:, None],

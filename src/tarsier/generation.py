@@ -31,6 +31,8 @@ class GenerationSettings:
     top_p: float = 1.0
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
     seed: int | None = None  # sampling draws from its own generator: same seed, same reply
+    # None: the checkpoint's generation_config.json (as the reference's generate() applies it), else none.
+    repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -39,6 +41,8 @@ class GenerationSettings:
             raise TarsierError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise TarsierError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise TarsierError(f"repetition_penalty must be > 0 (1 means none), got {self.repetition_penalty}")
 
     @property
     def do_sample(self) -> bool:
@@ -47,11 +51,15 @@ class GenerationSettings:
     def decode_settings(self, processor: TarsierProcessor) -> DecodeSettings:
         from tarsier.engine import DecodeSettings, Sampler
 
+        penalty = self.repetition_penalty
+        if penalty is None:
+            penalty = float(processor.generation_config.get("repetition_penalty") or 1.0)
         return DecodeSettings(
             max_new_tokens=self.max_new_tokens,
             eos_token_id=processor.eos_token_ids,
             sampler=Sampler(self.temperature, self.top_p, self.seed),
             ignore_eos=self.ignore_eos,
+            repetition_penalty=penalty,
         )
 
 

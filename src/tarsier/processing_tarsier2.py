@@ -41,8 +41,8 @@ from tarsier.checkpoints import resolve_checkpoint_dir
 from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier2 import Tarsier2Config
-from tarsier.processor import ItemInputs, MediaItem, collate_items, left_pad, media_per_prompt
-from tarsier.prompting import counted
+from tarsier.processor import ItemInputs, MediaItem, collate_items, left_pad, media_per_prompt, read_generation_config
+from tarsier.prompting import IGNORE_INDEX, counted, in_spans, split_frame
 
 TARSIER2_PROCESSOR_FILES = (
     "config.json",
@@ -55,16 +55,17 @@ TARSIER2_PROCESSOR_FILES = (
     "generation_config.json",
 )
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
-# Placeholders of the first generation's prompts; the newlines after one belong to it.
-_PLACEHOLDER = re.compile(r"(?:<video>|<image>)\n*")
+# Placeholders of the first generation's prompts; the whitespace after one (its separator) belongs to it.
+_PLACEHOLDER = re.compile(r"(?:<video>|<image>)\s*")
+# A chat template that marks what training learns (transformers' assistant-token mask).
+_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 @dataclass(frozen=True)
 class FrameRules:
     """How many frames a video gives and how many pixels they may have before the image processor."""
 
-    n_frames: int = 16
-    max_n_frames: int = 256
+    n_frames: int = 16  # per video, and the most a request may ask for (as the first generation's max_n_frames)
     max_pixels: int = 460_800  # per frame: 1280 x 720 / 2
     min_pixels: int = 0
     max_pixels_per_sample: int = 128 * 384 * 384  # over all images fed for one prompt
@@ -154,7 +155,7 @@ def user_content(
 ) -> list[dict[str, Any]]:
     """The user turn's parts: the media where its placeholder is, else first, then the question.
 
-    A ``<video>``/``<image>`` placeholder and the newlines after it mark the media's place, so
+    A ``<video>``/``<image>`` placeholder and the whitespace after it mark the media's place, so
     ``"<video>\\nQUESTION"`` gives the parts of ``"QUESTION"``. Without media placeholders are dropped.
     ``n_tokens`` rides along as ``num_vision_tokens`` for templates that write the pads themselves.
     """
@@ -222,14 +223,13 @@ class Tarsier2Processor:
             if not (folder / name).is_file():
                 raise CheckpointError(f"{folder}: missing {name}")
         config = Tarsier2Config.from_pretrained(str(folder))
-        generation = folder / "generation_config.json"
         return cls(
             tokenizer=load_qwen2_tokenizer(folder),
             image_processor=Qwen2VLImageProcessorPil.from_pretrained(str(folder)),
             chat_template=read_chat_template(folder),
             image_token_id=config.image_token_index,
             rules=FrameRules(n_frames=n_frames),
-            generation_config=json.loads(generation.read_text()) if generation.is_file() else None,
+            generation_config=read_generation_config(folder),
         )
 
     @property
@@ -267,7 +267,7 @@ class Tarsier2Processor:
                 f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
                 "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
             )
-        wanted = min(n_frames or self.rules.n_frames, self.rules.max_n_frames)
+        wanted = min(n_frames, self.rules.n_frames) if n_frames else self.rules.n_frames
         return every_frame_once(load_frames(media, n_frames=wanted, start_time=start_time, end_time=end_time))
 
     def normalised_frame(self, image: Image.Image) -> np.ndarray:
@@ -303,12 +303,23 @@ class Tarsier2Processor:
     @property
     def max_n_frames(self) -> int:
         """The most frames one video may be sampled to (servers cap requests with it)."""
-        return self.rules.max_n_frames
+        return self.rules.n_frames
 
     # -- text -------------------------------------------------------------------------------------
     def render_prompt(self, text: str, media: MediaInputs | None = None, source: str | None = None) -> str:
-        """The prompt string the checkpoint's chat template makes of ``text`` (and the media)."""
-        return self.render_conversation([{"role": "user", "content": text}], media, source)
+        """The prompt string the checkpoint's chat template makes of ``text`` (and the media).
+
+        A first-generation frame ``USER: question ASSISTANT: prefill`` (benchmark annotations) is the
+        question as the user turn and a reply to continue from the pre-fill (``Answer: (``), as the
+        reference renders a pre-filled assistant turn."""
+        framed = split_frame(text)
+        if framed is None:
+            return self.render_conversation([{"role": "user", "content": text}], media, source)
+        question, prefill = framed
+        messages = [{"role": "user", "content": question}]
+        if prefill:
+            messages.append({"role": "assistant", "content": prefill})
+        return self.render_conversation(messages, media, source)
 
     def render_conversation(
         self,
@@ -318,7 +329,26 @@ class Tarsier2Processor:
         add_generation_prompt: bool = True,
     ) -> str:
         """The string the checkpoint's chat template makes of ``messages`` (``role``/``content`` dicts),
-        the media in the first user turn (its placeholder's place, else first) as in the reference."""
+        the media in the first user turn (its placeholder's place, else first) as in the reference.
+
+        With ``add_generation_prompt``, a conversation ending in an assistant turn is a reply to
+        continue: the rendering stops right after that turn's text (transformers'
+        ``continue_final_message``)."""
+        rendered = self.template_messages(messages, media, source)
+        continues = add_generation_prompt and rendered[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(
+            rendered,
+            chat_template=self.chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt and not continues,
+            continue_final_message=continues,
+        )
+
+    def template_messages(
+        self, messages: Sequence[Mapping[str, str]], media: MediaInputs | None = None, source: str | None = None
+    ) -> list[dict[str, Any]]:
+        """``role``/``content`` messages as the chat template takes them: the first user turn's content
+        as typed parts with the media (see :func:`user_content`), later turns as they are."""
         media_type = None if media is None else ("image" if media.frames.kind == "image" else "video")
         n_tokens = 0 if media is None else media.n_tokens(self.merge_size)
         rendered: list[dict[str, Any]] = []
@@ -328,17 +358,23 @@ class Tarsier2Processor:
                 first = not any(earlier["role"] == "user" for earlier in rendered)
                 content = user_content(content, media_type if first else None, n_tokens, source)
             rendered.append({"role": message["role"], "content": content})
-        return self.tokenizer.apply_chat_template(
-            rendered, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return rendered
 
     def expand_media(self, ids: Sequence[int], n_tokens: Sequence[int], source: str | None = None) -> list[int]:
         """Each ``<|vision_start|> ... <|vision_end|>`` block gets exactly its media's ``<|image_pad|>`` ids."""
+        return self._expand_media(ids, n_tokens, source)[0]
+
+    def _expand_media(
+        self, ids: Sequence[int], n_tokens: Sequence[int], source: str | None = None
+    ) -> tuple[list[int], list[int | None]]:
+        """:meth:`expand_media`, plus where each expanded id came from (None: a media block's id)."""
         expanded: list[int] = []
+        origins: list[int | None] = []
         block, position = 0, 0
         while position < len(ids):
             if ids[position] != self.vision_start_id:
                 expanded.append(ids[position])
+                origins.append(position)
                 position += 1
                 continue
             try:
@@ -347,6 +383,7 @@ class Tarsier2Processor:
                 raise CheckpointError(f"the chat template opened {VISION_START} without closing it") from None
             if block < len(n_tokens):
                 expanded.extend([self.vision_start_id, *[self.image_token_id] * n_tokens[block], self.vision_end_id])
+                origins.extend([None] * (n_tokens[block] + 2))
             block, position = block + 1, end + 1
         if block != len(n_tokens):
             where = f"{source}: " if source else ""
@@ -354,7 +391,7 @@ class Tarsier2Processor:
                 f"{where}the rendered prompt has {counted(block, 'media block')} "
                 f"for {counted(len(n_tokens), 'media item')}"
             )
-        return expanded
+        return expanded, origins
 
     def encode(self, text: str, media: MediaInputs | None = None, source: str | None = None) -> list[int]:
         """Token ids of the rendered prompt with the media's pads in place."""
@@ -362,9 +399,9 @@ class Tarsier2Processor:
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         return self.expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
 
-    def pad(self, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Left-pad id lists into ``input_ids`` and ``attention_mask``."""
-        return left_pad(sequences, self.tokenizer.pad_token_id)
+    def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+        """Left-pad id lists into ``input_ids`` / ``attention_mask`` (and ``labels`` with -100)."""
+        return left_pad(sequences, self.tokenizer.pad_token_id, labels)
 
     def __call__(
         self,
@@ -448,6 +485,73 @@ class Tarsier2Processor:
         if not after.startswith(before):
             raise PromptError("the chat template rewrites earlier turns when one is added; a chat cannot continue it")
         return self.tokenizer.encode(after[len(before) :], add_special_tokens=False)
+
+    # -- training: as TarsierProcessor's ----------------------------------------------------------
+    def encode_for_training(
+        self, messages: Sequence[Mapping[str, str]], frames: SampledFrames | None, source: str | None = None
+    ) -> tuple[list[int], list[int], dict[str, torch.Tensor]]:
+        """A whole conversation (alternating user/assistant, ending with a reply) and its media ->
+        ``input_ids`` (pads expanded), ``labels`` (:data:`IGNORE_INDEX` except reply tokens) and the
+        media inputs.
+
+        What is a target comes from the checkpoint's chat template: the ``{% generation %}`` blocks
+        when it has them (what the reference's training masks, through transformers'
+        ``return_assistant_tokens_mask``); otherwise each reply's text and the end-of-turn token
+        the template writes right after it (``<|im_end|>``), so the model learns to answer and to stop.
+        """
+        media = None if frames is None else self.media_inputs(frames)
+        if source is None and frames is not None and not frames.source.startswith("<"):
+            source = frames.source
+        conversation = self.template_messages(messages, media, source)
+        if _GENERATION_BLOCK.search(self.chat_template):
+            encoded = self.tokenizer.apply_chat_template(
+                conversation, chat_template=self.chat_template, tokenize=True, return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
+            ids = list(encoded["input_ids"])
+            labels = [token if mask else IGNORE_INDEX for token, mask in zip(ids, encoded["assistant_masks"])]
+        else:
+            text, spans = self._reply_spans(conversation)
+            encoded = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+            ids = list(encoded["input_ids"])
+            labels = [
+                token if in_spans(text, start, end, spans) else IGNORE_INDEX
+                for token, (start, end) in zip(ids, encoded["offset_mapping"])
+            ]
+        expanded, origins = self._expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
+        labels = [IGNORE_INDEX if origin is None else labels[origin] for origin in origins]
+        if media is None:
+            return expanded, labels, {}
+        return expanded, labels, {"pixel_values": media.pixel_values, "image_grid_thw": torch.tensor([media.grid], dtype=torch.long)}
+
+    def _reply_spans(self, conversation: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its replies, each with the end-of-turn
+        token that follows it: the template is rendered with a marker in place of every reply, so
+        whatever it writes around a reply stays outside the span."""
+        marked, replies = [], []
+        for message in conversation:
+            if message["role"] == "assistant":
+                marked.append({**message, "content": f"\x00{len(replies)}\x00"})
+                replies.append(message["content"])
+            else:
+                marked.append(message)
+        rendered = self.tokenizer.apply_chat_template(marked, chat_template=self.chat_template, tokenize=False)
+        pieces = re.split("\x00(\\d+)\x00", rendered)
+        if len(pieces) != 2 * len(replies) + 1:
+            raise PromptError("the chat template does not write each assistant reply once; cannot mask labels")
+        end_marks = [self.tokenizer.convert_ids_to_tokens(token) for token in self.eos_token_ids]
+        text, spans = pieces[0], []
+        for number, after in zip(pieces[1::2], pieces[2::2]):
+            reply = replies[int(number)]
+            closing = next((mark for mark in end_marks if mark and after.startswith(mark)), "")
+            spans.append((len(text), len(text) + len(reply) + len(closing)))
+            text += reply + after
+        return text, spans
+
+    @property
+    def media_token_ids(self) -> frozenset[int]:
+        """Ids of a media block: a sample cut to a length limit must not cut into them."""
+        return frozenset((self.vision_start_id, self.image_token_id, self.vision_end_id))
 
     def media_token_count(self, media: Mapping[str, torch.Tensor]) -> int:
         """How many prompt ids the media inputs fill (``<|image_pad|>`` slots)."""

@@ -29,7 +29,7 @@ from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier import TarsierConfig
 from tarsier.model.configuration_tarsier2 import is_tarsier2_config
-from tarsier.prompting import IMAGE_PLACEHOLDER, ChatTemplate, counted, format_prompt, template_for_eos
+from tarsier.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, ChatTemplate, counted, format_prompt, in_spans, template_for_eos
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -171,6 +171,21 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def read_generation_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``generation_config.json`` ({} without one): the reference's ``generate()``
+    applies what it sets and a call leaves unset (EOS ids, a repetition penalty), so we do too."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return config
+
+
 # One prepared item: its prompt ids and its media inputs (pixel_values, Tarsier2's image_grid_thw).
 ItemInputs = tuple[Sequence[int], Mapping[str, torch.Tensor]]
 
@@ -183,7 +198,7 @@ def left_pad(
     longest = max(len(seq) for seq in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    padded_labels = torch.full((len(sequences), longest), -100, dtype=torch.long)
+    padded_labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
             input_ids[row, longest - len(seq) :] = torch.tensor(seq, dtype=torch.long)
@@ -211,8 +226,9 @@ class TarsierProcessor:
     :meth:`from_pretrained` gives a :class:`~tarsier.processing_tarsier2.Tarsier2Processor` for a
     Tarsier2 checkpoint. Both offer what the rest of the package uses: ``__call__``,
     ``load_media``, :meth:`encode_item`, :meth:`collate`, ``pad``, ``decode``/``batch_decode``,
-    ``eos_token_ids``, ``max_n_frames``, ``tokenizer`` and, for conversations (chat, serving),
-    :meth:`encode_conversation`, :meth:`close_reply`, :meth:`follow_up_ids` and :meth:`media_token_count`.
+    ``eos_token_ids``, ``max_n_frames``, ``tokenizer``; for conversations (chat, serving),
+    :meth:`encode_conversation`, :meth:`close_reply`, :meth:`follow_up_ids` and :meth:`media_token_count`;
+    for training, :meth:`encode_for_training` and ``media_token_ids``.
     """
 
     default_n_frames = 8  # the reference's
@@ -225,9 +241,11 @@ class TarsierProcessor:
         max_n_frames: int = 8,
         do_image_padding: bool = False,
         chat_template: ChatTemplate | None = None,
+        generation_config: dict[str, Any] | None = None,
     ):
         self.tokenizer = tokenizer
         self.layout = layout
+        self.generation_config = generation_config or {}  # generation_config.json: defaults generation honours
         self.image_settings = image_settings or ImageSettings()
         self.max_n_frames = max_n_frames
         self.do_image_padding = do_image_padding
@@ -287,6 +305,7 @@ class TarsierProcessor:
             max_n_frames=max_n_frames,
             do_image_padding=do_image_padding,
             chat_template=chat_template,
+            generation_config=read_generation_config(folder),
         )
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -394,6 +413,51 @@ class TarsierProcessor:
         pixels = media.get("pixel_values")
         return 0 if pixels is None else pixels.shape[0] * len(self.layout.frame_token_ids)
 
+    # -- training: as Tarsier2Processor's ---------------------------------------------------------
+    def encode_for_training(
+        self, messages: Sequence[Mapping[str, str]], frames: SampledFrames | None, source: str | None = None
+    ) -> tuple[list[int], list[int], dict[str, torch.Tensor]]:
+        """A whole conversation (alternating user/assistant, ending with a reply) and its media ->
+        ``input_ids``, ``labels`` (:data:`IGNORE_INDEX` except reply tokens) and the media inputs."""
+        n_frames = 0 if frames is None else len(frames.images)
+        ids, labels = self.labelled_ids(messages, n_frames)
+        return ids, labels, {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+
+    def labelled_ids(self, messages: Sequence[Mapping[str, str]], n_frames: int) -> tuple[list[int], list[int]]:
+        """``input_ids`` (frames expanded to their layout) and ``labels``: only assistant replies and
+        the separator that ends each (``</s>``) are targets, so the model learns to answer and to stop.
+
+        The rendered conversation is tokenised once, with character offsets, and a token is a target
+        when it starts inside a reply (:func:`~tarsier.prompting.in_spans`); tokenising the pieces
+        separately would be wrong, since SentencePiece merges across piece boundaries.
+        """
+        text, spans = "", []
+        for piece, is_reply in self.chat_template.segments(messages, n_frames):
+            if is_reply:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        encoded = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+        frame_ids = self.layout.frame_token_ids
+        ids: list[int] = []
+        labels: list[int] = []
+        frames = 0
+        for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+            if token == self.layout.image_token_id:
+                ids.extend(frame_ids)
+                labels.extend([IGNORE_INDEX] * len(frame_ids))
+                frames += 1
+            else:
+                ids.append(token)
+                labels.append(token if in_spans(text, start, end, spans) else IGNORE_INDEX)
+        if frames != n_frames:
+            raise PromptError(f"the conversation holds {counted(frames, '<image> token')} for {counted(n_frames, 'frame')}")
+        return ids, labels
+
+    @property
+    def media_token_ids(self) -> frozenset[int]:
+        """Ids that belong to a frame's layout: a sample cut to a length limit must not cut into them."""
+        return frozenset(self.layout.frame_token_ids)
+
     # -- text -------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, n_frames: int, source: str | None = None) -> str:
         return format_prompt(prompt, n_frames, source)
@@ -470,6 +534,33 @@ class TarsierProcessor:
         # Separator ids are embedding rows, not tokenizer tokens: drop them (and patch slots) before decoding.
         layout_ids = set(self.layout.frame_token_ids)
         return [[int(t) for t in row if int(t) not in layout_ids] for row in rows]
+
+
+# The published checkpoints' families, so planning a job (``bench run --dry-run``) needs no network.
+PUBLISHED_FRAME_COUNTS = {
+    "omni-research/Tarsier-7b": 8,
+    "omni-research/Tarsier-34b": 8,
+    "omni-research/Tarsier2-Recap-7b": 16,
+    "omni-research/Tarsier2-7b-0115": 16,
+}
+
+
+def default_frame_count(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> int:
+    """Frames per video a checkpoint's family samples unless told otherwise: 8 for Tarsier-7b/34b,
+    16 for Tarsier2. Reads only config.json, so resume keys and configs can be settled before the
+    weights are loaded (or downloaded)."""
+    if str(name_or_path) in PUBLISHED_FRAME_COUNTS and not Path(name_or_path).exists():
+        return PUBLISHED_FRAME_COUNTS[str(name_or_path)]
+    folder = resolve_checkpoint_dir(name_or_path, ("config.json",), **hub_kwargs)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
+    if is_tarsier2_config(config):
+        from tarsier.processing_tarsier2 import FrameRules
+
+        return FrameRules.n_frames
+    return TarsierProcessor.default_n_frames
 
 
 def media_per_prompt(media: Any, n_prompts: int) -> list[Any]:

@@ -175,3 +175,51 @@ def dream_line(
     if events is not None:
         record["extra_info"]["events"] = events
     return record
+
+
+def tvbench_line(idx: int, answer: str = "B", prediction: str = "", subset: str = "Moving Direction") -> dict:
+    """A multiple-choice line in the Tarsier2 release's chat layout: pre-filled " Answer: (", the letter
+    as the last assistant part's reference, and (in a prediction line) the prediction as its text."""
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video", "video": {"video_file": "<placeholder>"}},
+                    {"type": "text", "text": "Question: Which way does the ball roll?\n(A) Left.\n(B) Right."},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": " Answer: ("},
+                    {"type": "text", "text": prediction, "reference": answer},
+                ],
+            },
+        ],
+        "dataset": f"TVBench/{subset}",
+        "task": "video/QA",
+        "idx": idx,
+        "vid": f"moving/clip{idx}.mp4",
+    }
+
+
+def dream_release_line(idx: int, reference: str = "A dog chases a ball. The dog brings it back.") -> dict:
+    """A caption line in the Tarsier2 release's chat layout, with the null keys its parts carry."""
+    return {
+        "messages": [
+            {
+                "content": [
+                    {"reference": None, "text": None, "type": "video", "video": {"video_file": "<placeholder>"}},
+                    {"reference": None, "text": "Describe the video in detail.", "type": "text", "video": None},
+                ],
+                "role": "user",
+            },
+            {"content": [{"reference": reference, "text": "", "type": "text", "video": None}], "role": "assistant"},
+        ],
+        "dataset": "DREAM/stock",
+        "task": "video/caption",
+        "idx": idx,
+        "extra_info": {"duration": 4.2, "events": ["A dog chases a ball.", "The dog brings it back."], "n_events": 2},
+        "vid": idx,
+    }

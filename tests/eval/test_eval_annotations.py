@@ -4,18 +4,19 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_helpers import write_jsonl
+from eval_helpers import dream_release_line, tvbench_line, write_jsonl
 
 from tarsier.errors import TarsierError
 from tarsier.eval.annotations import VideoResolver, load_annotations, load_predictions, require_items
-from tarsier.eval.benchmarks import BENCHMARKS, get_benchmark, resolve_benchmarks
+from tarsier.eval.benchmarks import BENCHMARKS, DESCRIBE_VIDEO, get_benchmark, resolve_benchmarks
 
 DREAM_1K = Path(__file__).resolve().parents[3] / "shared" / "data" / "DREAM-1k.jsonl"
 
 
 def test_registry_names_groups_and_aliases():
     assert [b.name for b in resolve_benchmarks(["all"])] == [b.name for b in BENCHMARKS]
-    assert [b.name for b in resolve_benchmarks(["mc_qa"])] == ["next-qa", "egoschema", "mvbench", "video-mme"]
+    mc_qa = ["next-qa", "egoschema", "mvbench", "tvbench", "video-mme"]
+    assert [b.name for b in resolve_benchmarks(["mc_qa"])] == mc_qa
     assert [b.name for b in resolve_benchmarks(["oe_qa,dream", "Dream-1K"])] == [
         "dream",
         "msvd-qa",
@@ -91,6 +92,100 @@ def test_malformed_annotation_lines_name_the_line(tmp_path, bad, message):
     with pytest.raises(TarsierError) as info:
         load_annotations([path])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+QUESTION = "Question: Which way does the ball roll?\n(A) Left.\n(B) Right."
+
+
+def test_release_chat_lines_read_as_v1(tmp_path):
+    tv, dream = tvbench_line(0), dream_release_line(7)
+    image = tvbench_line(1)
+    image["messages"][0]["content"][0] = {"type": "image", "image": {"image_file": "pics/cat.jpg"}}
+    clip = dream_release_line(8)
+    clip["messages"][0]["content"][0]["video"] = {"video_file": "clips/8.mp4", "start_time": 1.5, "end_time": 4.0}
+    selection = load_annotations([write_jsonl(tmp_path / "a.jsonl", [tv, dream, image, clip])])
+    (tv_item, image_item), (dream_item, clip_item) = selection.items["tvbench"], selection.items["dream"]
+    assert tv_item.text == {
+        "prompt": f"USER: <video>\n{QUESTION} ASSISTANT: Answer: (",
+        "response": "B",
+        "question": QUESTION,
+    }
+    assert tv_item.record == {**tv, "text": tv_item.text, "video_file": "<placeholder>"}  # nothing else dropped
+    assert tv_item.key == "TVBench/Moving Direction/0" and tv_item.record["task"] == "video/QA"
+    assert dream_item.text == {
+        "prompt": DESCRIBE_VIDEO,
+        "response": "A dog chases a ball. The dog brings it back.",
+        "question": "Describe the video in detail.",
+    }
+    assert dream_item.prompt == "<video>\nDescribe the video in detail." and dream_item.record["vid"] == 7
+    assert dream_item.extra_info["events"] == ["A dog chases a ball.", "The dog brings it back."]
+    assert dream_item.record["messages"] == dream["messages"]
+    assert image_item.prompt == f"USER: <image>\n{QUESTION} ASSISTANT: Answer: ("
+    assert image_item.record["video_file"] == "pics/cat.jpg"
+    assert (clip_item.record["video_file"], clip_item.record["start_time"], clip_item.record["end_time"]) == (
+        "clips/8.mp4",
+        1.5,
+        4.0,
+    )
+
+
+def release_line_with(change):
+    line = tvbench_line(2)
+    change(line)
+    return line
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(messages="hi"), "'messages' must be a list of turns (objects with 'role' and 'content')"),
+        (lambda r: r["messages"].pop(0), "'messages' has no user turn (it holds the prompt)"),
+        (lambda r: r["messages"].pop(), "'messages' has no assistant turn (it holds the reference answer)"),
+        (
+            lambda r: r["messages"][0].update(content="hi"),
+            "the user turn's 'content' must be a list of parts (objects)",
+        ),
+        (lambda r: r["messages"][0]["content"].pop(0), "the user turn has 0 video/image parts (expected one)"),
+        (
+            lambda r: r["messages"][0]["content"].append({"type": "image", "image": {"image_file": "x.jpg"}}),
+            "the user turn has 2 video/image parts (expected one)",
+        ),
+        (
+            lambda r: r["messages"][0]["content"].append({"type": "audio"}),
+            "unknown part type 'audio' in the user turn (expected video, image or text)",
+        ),
+        (lambda r: r["messages"][0]["content"][1].update(text=["Q"]), "a text part's 'text' must be a string"),
+        (
+            lambda r: r["messages"][1]["content"][-1].pop("reference"),
+            "the last assistant part has no 'reference' (the expected answer)",
+        ),
+        (
+            lambda r: r["messages"][1].update(content=[]),
+            "the last assistant part has no 'reference' (the expected answer)",
+        ),
+        (
+            lambda r: r["messages"][0]["content"][0]["video"].update(video_file=7),
+            "'video_file' must be a path or a list of frame files",
+        ),
+    ],
+)
+def test_malformed_release_lines_name_the_line(tmp_path, change, message):
+    path = write_jsonl(tmp_path / "a.jsonl", [tvbench_line(1), release_line_with(change)])
+    with pytest.raises(TarsierError) as info:
+        load_annotations([path])
+    assert str(info.value) == f"{path}:2: {message}"
+
+
+def test_release_prediction_lines(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [tvbench_line(0, prediction="B) Right."), dream_release_line(7)])
+    selection = load_predictions([path])
+    assert selection.items["tvbench"][0].prediction == "B) Right."
+    assert selection.items["dream"][0].prediction == ""  # what an annotation line holds: an empty prediction
+    null = tvbench_line(1)
+    null["messages"][1]["content"][-1]["text"] = None
+    with pytest.raises(TarsierError) as info:
+        load_predictions([write_jsonl(tmp_path / "q.jsonl", [null])])
+    assert str(info.value) == f"{tmp_path / 'q.jsonl'}:1: prediction is null and no 'error' says why"
 
 
 def test_unknown_datasets_are_ignored_and_zero_items_is_an_error(tmp_path):

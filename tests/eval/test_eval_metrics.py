@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from eval_helpers import write_jsonl
+from eval_helpers import tvbench_line, write_jsonl
 from pycocoevalcap.cider.cider import Cider
 
 from tarsier.cli import main
@@ -74,6 +74,21 @@ def test_mvbench_overall_is_the_mean_of_subtasks(tmp_path):
     assert rows["Object Shuffle"]["failed"] == 1
     assert summary["overall"]["accuracy"] == 37.5  # (75 + 0) / 2, not 3 / 5
     assert summary["overall"]["success"] == 5 and summary["overall"]["failed"] == 1
+
+
+def test_reference_written_tvbench_predictions_score_as_ours(tmp_path):
+    spec = [("Moving Direction", "B", "B"), ("Moving Direction", "A", "(B) Right."), ("Action Count", "A", "A")]
+    release = [tvbench_line(i, answer, prediction, subset) for i, (subset, answer, prediction) in enumerate(spec)]
+    ours = [mc_line(f"TVBench/{subset}", i, answer, prediction) for i, (subset, answer, prediction) in enumerate(spec)]
+    records, summary = evaluate_mc(tmp_path, release, "tvbench")
+    assert (records, summary) == evaluate_mc(tmp_path, ours, "tvbench")
+    assert [(r["key"], r["choice"], r["correct"]) for r in records] == [
+        ("TVBench/Moving Direction/0", "B", True),
+        ("TVBench/Moving Direction/1", "B", False),
+        ("TVBench/Action Count/2", "A", True),
+    ]
+    overall = {"accuracy": 75.0, "correct": 2, "success": 3, "failed": 0, "averaged": "mean of subsets"}
+    assert summary["overall"] == overall  # (50 + 100) / 2
 
 
 def test_video_mme_by_duration_and_domain(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from eval_helpers import write_jsonl
+from eval_helpers import dream_release_line, tvbench_line, write_jsonl
 from media_factory import make_frame_folder, make_video
 
 from tarsier.cli import main
@@ -273,6 +273,57 @@ def test_bench_run_and_eval_end_to_end_on_a_tiny_checkpoint(
     assert dream["items"] == 3 and dream["results"]["overall"]["success"] == 3
     assert mvbench["items"] == 2
     assert mvbench["results"]["overall"]["success"] + mvbench["results"]["overall"]["failed"] == 2
+
+
+def test_release_chat_annotations_run_resume_and_keep_their_lines(tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "moving").mkdir(parents=True)
+    for name in ("moving/clip0.mp4", "moving/clip1.mp4", "7.mp4"):
+        (videos / name).write_bytes(b"x")
+    lines = [tvbench_line(0), tvbench_line(1), dream_release_line(7)]
+    annotations = write_jsonl(tmp_path / "TVBench.jsonl", lines)
+    describer = FakeDescriber()
+    run_shard((annotations, videos), tmp_path / "out", describer)
+    assert describer.seen == ["DREAM/stock/7", "TVBench/Moving Direction/0", "TVBench/Moving Direction/1"]
+    records = {r["key"]: r for r in read_records(predictions_path(tmp_path / "out"))}
+    tv = records["TVBench/Moving Direction/1"]
+    assert tv["messages"] == lines[1]["messages"] and tv["task"] == "video/QA"
+    assert tv["video_file"] == str(videos / "moving" / "clip1.mp4")
+    assert tv["text"]["prompt"].endswith("(B) Right. ASSISTANT: Answer: (")
+    assert tv["text"]["prediction"] == "described TVBench/Moving Direction/1"
+    again = FakeDescriber()
+    run_shard((annotations, videos), tmp_path / "out", again)
+    assert again.seen == []  # the same prompts and videos: nothing to redo
+    items = load_predictions([tmp_path / "out"]).items
+    assert [i.prediction for i in items["tvbench"]] == [f"described TVBench/Moving Direction/{i}" for i in (0, 1)]
+    assert items["dream"][0].response == "A dog chases a ball. The dog brings it back."
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["fast_checkpoint", "tarsier2_checkpoint"])
+def test_bench_run_and_eval_on_release_chat_annotations(family, request, tmp_path, capsys):
+    checkpoint = request.getfixturevalue(family)
+    videos = tmp_path / "videos"
+    (videos / "moving").mkdir(parents=True)
+    for i in range(2):
+        make_video(videos / "moving" / f"clip{i}.mp4", 6 + i)
+    annotations = write_jsonl(tmp_path / "TVBench.jsonl", [tvbench_line(0, "A"), tvbench_line(1, "B")])
+    out = tmp_path / "run"
+    args = ["-a", str(annotations), "--video-root", str(videos), "-o", str(out), "--model", str(checkpoint)]
+    options = ["--device", "cpu", "--max-new-tokens", "3", "--batch-size", "2", "--no-progress"]
+    assert main(["bench", "run", "-b", "tvbench", *args, *options]) == 0
+    records = read_records(predictions_path(out))
+    assert [r["key"] for r in records] == ["TVBench/Moving Direction/0", "TVBench/Moving Direction/1"]
+    assert all(r["error"] is None and isinstance(r["text"]["prediction"], str) for r in records)
+    assert all(r["text"]["prompt"].endswith(" ASSISTANT: Answer: (") for r in records)  # the reply is pre-filled
+    # The family's frames: Tarsier2 takes every frame of these 6- and 7-frame clips once, Tarsier 8 with repeats.
+    expected = [6, 7] if family == "tarsier2_checkpoint" else [8, 8]
+    assert [len(r["frame_indices"]) for r in records] == expected
+    assert main(["eval", str(out), "-b", "tvbench", "--no-progress"]) == 0
+    summary = json.loads((out / "eval" / "tvbench_summary.json").read_text())
+    overall = summary["results"]["overall"]
+    assert summary["items"] == 2 and overall["success"] + overall["failed"] == 2
+    assert "TVBench" in capsys.readouterr().out
 
 
 def test_an_item_whose_inputs_changed_is_predicted_again_and_replaces_the_old_line(bench, tmp_path):

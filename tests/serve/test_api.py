@@ -107,7 +107,7 @@ def data_url(path: Path, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
-def expected_ids(loaded, media_path, messages, max_tokens):
+def expected_ids(loaded, media_path, messages, max_tokens, **settings):
     """What the library (the CLI's code path) generates alone for the same conversation."""
     model, processor = loaded
     frames = processor.load_media(str(media_path)) if media_path else None
@@ -116,7 +116,7 @@ def expected_ids(loaded, media_path, messages, max_tokens):
     inputs = processor.pad([ids])
     if frames:
         inputs["pixel_values"] = processor.pixel_values(frames.images)
-    out = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=max_tokens))[0].tolist()
+    out = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=max_tokens, **settings))[0].tolist()
     eos = processor.tokenizer.eos_token_id
     return out[: out.index(eos) + 1] if eos in out else out
 
@@ -171,6 +171,17 @@ def test_path_file_url_and_image_under_the_media_root(server, loaded, media):
     expected = expected_ids(loaded, root / "still.png", [{"role": "user", "content": "Describe the image."}], 8)
     assert image.choices[0].model_extra["token_ids"] == expected
     assert image.usage.prompt_tokens < by_path.usage.prompt_tokens  # one frame, not four
+
+
+def test_repetition_penalty_is_the_library_s(server, loaded, media):
+    url, _ = server
+    turns = [{"role": "user", "content": "What moves?"}]
+    plain = expected_ids(loaded, media[0] / "clip.mp4", turns, 10)
+    expected = expected_ids(loaded, media[0] / "clip.mp4", turns, 10, repetition_penalty=0.3)
+    response = client(url).chat.completions.create(
+        model=MODEL, messages=video_message("clip.mp4", "What moves?"), max_tokens=10,
+        extra_body={"return_token_ids": True, "repetition_penalty": 0.3})
+    assert response.choices[0].model_extra["token_ids"] == expected != plain
 
 
 def test_multi_turn_honours_earlier_assistant_turns(server, loaded, media):
@@ -235,6 +246,7 @@ def chat_body(url_or_messages, **extra):
         (chat_body("clip.mp4", temperature=5), 400, "temperature"),
         (chat_body("clip.mp4", temperature="hot"), 422, "temperature must be a number"),
         (chat_body("clip.mp4", n=2), 400, "n must be 1"),
+        (chat_body("clip.mp4", repetition_penalty=0), 400, "repetition_penalty must be > 0"),
         (chat_body("clip.mp4", max_frames=99), 400, "--max-frames of 4"),
         (chat_body("../outside/secret.mp4"), 400, "outside the media root"),
         (chat_body("escape.mp4"), 400, "outside the media root"),

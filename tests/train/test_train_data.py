@@ -10,14 +10,13 @@ from conftest import chat, write_jsonl
 
 from tarsier import TarsierError
 from tarsier.processor import TarsierProcessor
+from tarsier.prompting import IGNORE_INDEX
 from tarsier.train.adapters import ADAPTERS, MC_INSTRUCTION
 from tarsier.train.config import DataSettings, SourceSettings
 from tarsier.train.data import (
-    IGNORE_INDEX,
     Collator,
     TrainingDataset,
     TrainingItem,
-    encode_conversation,
     parse_item,
 )
 from tarsier.train.mixture import (
@@ -53,7 +52,7 @@ def test_labels_cover_exactly_the_assistant_replies_of_a_multi_turn_conversation
         {"role": "user", "content": "And then?"},
         {"role": "assistant", "content": "He walks out.\nThe door closes."},
     ]
-    ids, labels = encode_conversation(processor, messages, n_frames=2)
+    ids, labels = processor.labelled_ids(messages, 2)
     assert len(ids) == len(labels)
     runs = target_runs(ids, labels)
     decoded = [processor.tokenizer.decode(run, skip_special_tokens=False) for run in runs]
@@ -71,7 +70,7 @@ def test_labels_cover_exactly_the_assistant_replies_of_a_multi_turn_conversation
 def test_the_reply_mask_does_not_depend_on_how_pieces_would_tokenise_alone(processor):
     # "ASSISTANT:" directly followed by a reply starting with punctuation and digits.
     messages = [{"role": "user", "content": "Count."}, {"role": "assistant", "content": "(1, 2, 3)"}]
-    ids, labels = encode_conversation(processor, messages, n_frames=0)
+    ids, labels = processor.labelled_ids(messages, 0)
     assert [processor.tokenizer.decode(run, skip_special_tokens=False) for run in target_runs(ids, labels)] == ["(1, 2, 3)</s>"]
 
 
@@ -180,7 +179,7 @@ def test_an_undecodable_item_is_replaced_by_the_next_of_its_source_and_reported(
     example = dataset[0]
     assert len(example["failures"]) == 1 and example["failures"][0].startswith(f"{path}:1: {broken}")
     assert processor.tokenizer.decode(target_runs(example["input_ids"], example["labels"])[0], skip_special_tokens=False) == "good</s>"
-    assert example["pixel_values"].shape == (3, 3, 56, 56)
+    assert example["media"]["pixel_values"].shape == (3, 3, 56, 56)
     batch = Collator(processor)([example, dataset[1]])
     assert batch["input_ids"].shape == batch["labels"].shape and batch["pixel_values"].shape[0] == 6
     assert len(batch["failures"]) == 1

@@ -12,7 +12,7 @@ from tarsier.model import TarsierConfig, TarsierForConditionalGeneration
 from tarsier.processor import TarsierProcessor
 from tarsier.train import shapes_demo, shapes_world
 from tarsier.train.config import DataSettings, SourceSettings
-from tarsier.train.data import TrainingDataset, encode_conversation
+from tarsier.train.data import TrainingDataset
 from tarsier.train.mixture import load_mixture
 from tarsier.train.shapes_world import COLOURS, FRAMES, Ball, Clip
 
@@ -154,7 +154,7 @@ def test_the_demo_tokenizer_reads_prompts_as_training_showed_them(demo_data):
     assert processor.layout.frame_token_ids == ([config["image_token_index"]] * 4 + [config["image_token_index"] + 1]) * 4 + [config["image_new_idx"]]
     reply = "A yellow ball appears, moves down and turns red. The camera pans right."
     messages = [{"role": "user", "content": "<video>\n" + shapes_world.DETAILED_PROMPT}, {"role": "assistant", "content": reply}]
-    ids, labels = encode_conversation(processor, messages, 8)
+    ids, labels = processor.labelled_ids(messages, 8)
     prompt = processor.encode_prompt(processor.format_prompt("<video>\n" + shapes_world.DETAILED_PROMPT, 8), 8)
     assert ids[: len(prompt)] == prompt  # what `tarsier describe` feeds is exactly the trained prefix
     assert processor.decode([t for t, label in zip(ids, labels) if label != -100]) == reply

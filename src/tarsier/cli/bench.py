@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from tarsier.cli.options import (
     check_model_options,
     generation_from_args,
     make_describer,
+    settle_max_frames,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="list benchmarks, or run a model over them into predictions JSONL",
         description="Benchmarks: DREAM-1K, MSVD/MSR-VTT/VATEX captioning, NeXT-QA, EgoSchema, MVBench, "
-        "Video-MME, MSVD/MSR-VTT/TGIF/ActivityNet-QA. 'bench run' writes predictions; 'tarsier eval' scores them.",
+        "TVBench, Video-MME, MSVD/MSR-VTT/TGIF/ActivityNet-QA. 'bench run' writes predictions; 'tarsier eval' scores them.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -177,7 +179,6 @@ def run_bench(args: argparse.Namespace) -> int:
         skip_missing=args.skip_missing,
         retry_errors=args.retry_errors and not args.dry_run,
         progress=not args.no_progress,
-        max_frames=args.max_frames,
     )
     benchmarks = resolve_benchmarks(args.benchmarks) if args.benchmarks else None
     selection = load_annotations(args.annotations, benchmarks)
@@ -196,6 +197,7 @@ def bench(args: argparse.Namespace, settings: RunSettings, selection: Selection,
 
     from tarsier.eval import runner
 
+    settings = dataclasses.replace(settings, max_frames=settle_max_frames(args))  # recorded with each prediction
     work = runner.plan(selection, resolver, settings)
     for counts_name, counts in work.counts.items():
         shard = f" in shard {args.shard_index}/{args.num_shards}" if args.num_shards > 1 else ""

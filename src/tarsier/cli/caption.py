@@ -15,6 +15,7 @@ from tarsier.cli.options import (
     check_model_options,
     generation_from_args,
     make_describer,
+    settle_max_frames,
 )
 from tarsier.errors import TarsierError
 
@@ -114,9 +115,8 @@ def run(args: argparse.Namespace) -> int:
     items = collect_inputs(args.input, args.recursive)
     for item in items:
         item.prompt = item.prompt if item.prompt is not None else args.prompt
-    by_key = unique_items(items, args.max_frames)
     with OutputLock(output, folder=is_shard_folder(output)):  # also proves OUTPUT is writable before the model loads
-        return caption(args, output, by_key)
+        return caption(args, output, unique_items(items, settle_max_frames(args)))
 
 
 def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput]) -> int:

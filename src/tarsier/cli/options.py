@@ -46,7 +46,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: cuda if available, else cpu)")
     group.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: bf16 on GPU, fp32 on CPU)")
-    group.add_argument("--max-frames", type=int, default=8, help="frames sampled per video, first and last included (default: 8)")
+    group.add_argument("--max-frames", type=int, default=None,
+                       help="frames sampled per video, first and last included (default: the model's, "
+                            "8 for Tarsier-7b/34b and 16 for Tarsier2)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars (model loading, batches)")
 
 
@@ -60,12 +62,16 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
     group.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily, as the reference (default: 0)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when temperature > 0 (default: 1)")
+    group.add_argument("--repetition-penalty", type=float, default=None,
+                       help="over 1 discourages repeating ids already in the prompt or reply "
+                            "(default: the checkpoint's generation_config.json, else 1: none)")
 
 
 def generation_from_args(args: argparse.Namespace):
     from tarsier.generation import GenerationSettings
 
-    return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              repetition_penalty=args.repetition_penalty)
 
 
 def check_model_options(args: argparse.Namespace) -> None:
@@ -75,7 +81,7 @@ def check_model_options(args: argparse.Namespace) -> None:
 
     check_device_name(args.device)
     check_dtype_name(args.dtype)
-    if args.max_frames < 1:
+    if args.max_frames is not None and args.max_frames < 1:
         raise TarsierError(f"--max-frames must be at least 1, got {args.max_frames}")
     if getattr(args, "start", None) is not None and getattr(args, "end", None) is not None and args.end <= args.start:
         raise TarsierError(f"--end ({args.end}) must be after --start ({args.start})")
@@ -90,6 +96,18 @@ def check_model_options(args: argparse.Namespace) -> None:
 
         RaySettings(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica or 0, decode_workers=args.decode_workers)
         require_ray()
+
+
+def settle_max_frames(args: argparse.Namespace) -> int:
+    """``--max-frames``, or the model family's default read from its config.json (8 or 16).
+
+    Jobs that resume record the frame count with each result, so it must be a number before the
+    first result is compared, not only once the model has loaded."""
+    if args.max_frames is None:
+        from tarsier.processor import default_frame_count
+
+        args.max_frames = default_frame_count(args.model)
+    return args.max_frames
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:

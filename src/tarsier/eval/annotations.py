@@ -4,7 +4,8 @@ Annotations and predictions share one line format (a predictions line is the ann
 prediction added), so both are read here, checked field by field, and every problem is reported as
 ``file:line: problem``. Video paths are usually placeholders in the released annotations; they are
 filled from ``vid`` and a video root the user gives, and missing videos are counted up front so a
-long run does not discover them one by one.
+long run does not discover them one by one. Lines of the Tarsier2 release, which keep prompt and
+reference as parts of a chat (``messages``), are read into the same shape first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tarsier.eval.benchmarks import BENCHMARKS, Benchmark, benchmark_for_dataset
 from tarsier.jsonl import iter_jsonl
 
 PLACEHOLDER = "<placeholder>"
+MEDIA_PLACEHOLDERS = {"video": "<video>", "image": "<image>"}  # part type -> prompt placeholder
 MEDIA_EXTENSIONS = (".mp4", ".avi", ".webm", ".mov", ".mkv", ".wmv", ".gif", ".jpg", ".jpeg", ".png", ".tif")
 
 
@@ -118,8 +120,85 @@ def _check_common(record: dict[str, Any], where: str) -> None:
     dataset = record.get("dataset")
     if not isinstance(dataset, str) or not dataset:
         raise TarsierError(f"{where}: missing or invalid 'dataset' (expected a string such as 'DREAM/shorts')")
+
+
+def _check_text(record: dict[str, Any], where: str) -> None:
     if not isinstance(record.get("text"), dict):
         raise TarsierError(f"{where}: missing or invalid 'text' (expected an object with 'prompt' and 'response')")
+
+
+def _parts(turn: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    content = turn.get("content")
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        raise TarsierError(f"{where}: the {turn.get('role')} turn's 'content' must be a list of parts (objects)")
+    return content
+
+
+def _part_text(part: Mapping[str, Any], where: str) -> str:
+    text = part.get("text")
+    if text is not None and not isinstance(text, str):
+        raise TarsierError(f"{where}: a text part's 'text' must be a string")
+    return text or ""
+
+
+def messages_to_v1(record: dict[str, Any], where: str, *, predictions: bool) -> dict[str, Any]:
+    """The v1 shape (``text.prompt``, ``text.response``, ``video_file``) of a Tarsier2-release line.
+
+    That release keeps a benchmark item as a chat: the first user turn is the prompt (a media part and
+    the question), assistant text before the last part is a pre-fill the model continues (``Answer: (``),
+    and the last assistant part holds the reference and, in the reference's prediction files, the
+    prediction as its ``text``. Reading it into the v1 shape lets the checks, the runner and the metrics
+    serve both releases unchanged; every other key, ``messages`` included, is kept.
+    """
+    messages = record["messages"]
+    if not isinstance(messages, list) or not all(isinstance(turn, dict) for turn in messages):
+        raise TarsierError(f"{where}: 'messages' must be a list of turns (objects with 'role' and 'content')")
+    user = next((turn for turn in messages if turn.get("role") == "user"), None)
+    assistant = next((turn for turn in reversed(messages) if turn.get("role") == "assistant"), None)
+    if user is None:
+        raise TarsierError(f"{where}: 'messages' has no user turn (it holds the prompt)")
+    if assistant is None:
+        raise TarsierError(f"{where}: 'messages' has no assistant turn (it holds the reference answer)")
+    asked = _parts(user, where)
+    media = [part for part in asked if part.get("type") in MEDIA_PLACEHOLDERS]
+    if len(media) != 1:
+        raise TarsierError(f"{where}: the user turn has {len(media)} video/image parts (expected one)")
+    pieces, question = [], []
+    for part in asked:
+        kind = part.get("type")
+        if kind in MEDIA_PLACEHOLDERS:
+            pieces.append(MEDIA_PLACEHOLDERS[kind])
+        elif kind == "text":
+            if text := _part_text(part, where):
+                pieces.append(text)
+                question.append(text)
+        else:
+            raise TarsierError(f"{where}: unknown part type {kind!r} in the user turn (expected video, image or text)")
+    answer = _parts(assistant, where)
+    if not answer or answer[-1].get("reference") is None:
+        raise TarsierError(f"{where}: the last assistant part has no 'reference' (the expected answer)")
+    prompt = "\n".join(pieces)
+    prefill = "".join(_part_text(part, where) for part in answer[:-1])
+    text: dict[str, Any] = {
+        "prompt": f"USER: {prompt} ASSISTANT:{prefill}" if prefill else prompt,
+        "response": answer[-1]["reference"],
+    }
+    if question:
+        text["question"] = "\n".join(question)
+    if predictions:
+        text["prediction"] = answer[-1].get("text")
+    normalised = {**record, "text": text}
+    spec = media[0].get(media[0]["type"])
+    if isinstance(spec, Mapping):
+        path = spec.get("video_file", spec.get("image_file"))
+        for key in ("start_time", "end_time"):
+            if spec.get(key) is not None:
+                normalised[key] = spec[key]
+    else:
+        path = spec
+    if path is not None:
+        normalised["video_file"] = path
+    return normalised
 
 
 def _check_annotation(record: dict[str, Any], benchmark: Benchmark, where: str) -> None:
@@ -232,6 +311,9 @@ def _read(files: Iterable[Path], benchmarks: Sequence[Benchmark] | None, *, pred
             if benchmark is None:
                 selection.ignored[record["dataset"]] += 1
                 continue
+            if "messages" in record and "text" not in record:
+                record = messages_to_v1(record, where, predictions=predictions)
+            _check_text(record, where)
             if predictions:
                 _check_prediction(record, benchmark, where)
             else:

@@ -3,7 +3,8 @@
 An annotation line is ``{"idx", "dataset", "text": {"prompt", "response", ...}, "video_file", "vid",
 "extra_info"?}``. The ``dataset`` field says which benchmark an item belongs to (``DREAM/shorts``
 belongs to ``DREAM``), so one predictions file can hold several benchmarks and be split again at
-evaluation time.
+evaluation time. The Tarsier2 release's chat layout (``messages``) is read into this shape
+(:func:`tarsier.eval.annotations.messages_to_v1`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,16 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         group="mc_qa",
         metric=MULTIPLE_CHOICE,
         annotation_files=("MVBench.jsonl",),
+        response="letter",
+        breakdown="subset",
+    ),
+    Benchmark(
+        name="tvbench",
+        title="TVBench",
+        dataset="TVBench",
+        group="mc_qa",
+        metric=MULTIPLE_CHOICE,
+        annotation_files=("TVBench.jsonl",),
         response="letter",
         breakdown="subset",
     ),

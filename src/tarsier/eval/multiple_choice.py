@@ -1,9 +1,9 @@
-"""Multiple-choice accuracy (NeXT-QA, EgoSchema, MVBench, Video-MME).
+"""Multiple-choice accuracy (NeXT-QA, EgoSchema, MVBench, TVBench, Video-MME).
 
 Parse rule, as in the reference: drop parentheses, take the first character of what is left;
 digits 1-5 stand for options A-E; anything that is then not a capital letter is a failed parse.
-Failed parses are counted and listed, and left out of the accuracy. MVBench reports one accuracy
-per subtask and their mean; Video-MME reports accuracy per duration (short/medium/long) and
+Failed parses are counted and listed, and left out of the accuracy. MVBench and TVBench report one
+accuracy per subtask and their mean; Video-MME reports accuracy per duration (short/medium/long) and
 per domain besides the overall one.
 """
 
@@ -75,7 +75,7 @@ def evaluate(benchmark: Benchmark, items: Sequence[Item]) -> tuple[list[dict[str
         rows = _table(records, lambda r: subset_of(r["dataset"]))
         summary["subsets"] = rows
         scored = [row["accuracy"] for row in rows if row["accuracy"] is not None]
-        # The reference's overall MVBench number is the mean of the per-subtask accuracies.
+        # The reference's overall MVBench/TVBench number is the mean of the per-subtask accuracies.
         summary["overall"]["accuracy"] = sum(scored) / len(scored) if scored else None
         summary["overall"]["averaged"] = "mean of subsets"
     elif benchmark.breakdown == "duration":

@@ -135,6 +135,14 @@ class TarsierForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_output_embeddings(value)
 
+    # -- what training asks of either family (tarsier.train) -------------------------------------
+    projector_prefix = "multi_modal_projector."  # parameters that may train at optim.projector_lr
+
+    def vision_encoder_modules(self) -> list[nn.Module]:
+        """The vision transformer without the projector: training keeps it frozen, in eval mode,
+        unless told otherwise (the Tarsier recipe)."""
+        return [self.vision_tower]
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The language model initialises its own modules; the vision blocks and projector are ours.

@@ -77,6 +77,14 @@ class Tarsier2ForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.language_model.lm_head = value
 
+    # -- what training asks of either family (tarsier.train) -------------------------------------
+    projector_prefix = "vision_tower.merger."  # Qwen2-VL's patch merger is the projector
+
+    def vision_encoder_modules(self) -> list[nn.Module]:
+        """The vision transformer without the merger: training keeps it frozen, in eval mode, unless
+        told otherwise, and trains the merger with the LLM (the Tarsier2 recipe)."""
+        return [module for name, module in self.vision_tower.named_children() if name != "merger"]
+
     # -- vision ---------------------------------------------------------------------------------
     def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor) -> torch.Tensor:
         """Patches ``[sum(t*h*w), C*2*14*14]`` -> merged features ``[sum(t*h*w) / merge**2, text_width]``."""

@@ -18,17 +18,12 @@ from typing import Any
 
 import torch
 
+from tarsier.checkpoints import PROCESSOR_FILES
 from tarsier.errors import TarsierError
 
-MODEL_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "generation_config.json",
-)
+# What a saved model carries from the start model besides weights and config.json: whatever either
+# family's processor reads (tokenizer, preprocessor, Tarsier2's chat template, generation config).
+MODEL_FILES = tuple(name for name in PROCESSOR_FILES if name != "config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CONFIG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}

@@ -63,7 +63,7 @@ class SourceSettings:
 @dataclass
 class DataSettings:
     sources: list[SourceSettings] = field(default_factory=list)
-    n_frames: int = 8
+    n_frames: int | None = None  # frames per video unless a source or item says; None: the start model's (8, Tarsier2 16)
     max_length: int = 4096  # tokens per sample after frame expansion; longer replies are cut at the end
     num_workers: int = 4  # DataLoader processes decoding frames
     max_bad_fraction: float = 0.01  # abort when more items than this fail (missing/undecodable media)
@@ -324,7 +324,7 @@ def validate(config: StageConfig, where: str, complete: bool = True) -> None:
             fail(f"data.sources[{i}].adapter", f"is {source.adapter!r}; known adapters: {', '.join(ADAPTERS)}")
         if source.n_frames is not None and source.n_frames < 1:
             fail(f"data.sources[{i}].n_frames", f"must be at least 1, got {source.n_frames}")
-    if data.n_frames < 1:
+    if data.n_frames is not None and data.n_frames < 1:
         fail("data.n_frames", f"must be at least 1, got {data.n_frames}")
     if data.max_length < 16:
         fail("data.max_length", f"must be at least 16 tokens, got {data.max_length}")

@@ -14,10 +14,8 @@ with the user; ``<video>``/``<image>`` placeholders may appear in the first user
 are put there in any case, as the reference prompt does). Other keys are kept for the user's own
 bookkeeping and ignored here.
 
-Only assistant replies (and the end-of-turn token that closes each) are trained on: the rendered
-conversation is tokenised once, with character offsets, and a token is a target when its first
-non-space character lies inside a reply. Tokenising the pieces separately would be wrong, since
-SentencePiece merges across piece boundaries.
+Only assistant replies (and the end-of-turn token that closes each) are trained on; the processor
+of the model's family says which tokens those are (``encode_for_training``), from its chat template.
 
 Frames are decoded in DataLoader worker processes. An item whose media cannot be read is replaced
 by the next item of the same source and reported to the trainer, which counts it against
@@ -37,11 +35,9 @@ import torch
 from torch.utils.data import Dataset
 
 from tarsier.errors import TarsierError
-from tarsier.media import load_frames
 from tarsier.processor import TarsierProcessor
-from tarsier.prompting import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from tarsier.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
-IGNORE_INDEX = -100
 # Consecutive unreadable items of one source after which a worker gives up (and the run stops).
 MAX_REPLACEMENTS = 16
 
@@ -103,51 +99,6 @@ def parse_item(record: dict[str, Any], where: str, media_root: Path) -> Training
     return TrainingItem(messages, media, where, task, n_frames, times["start"], times["end"], indices)
 
 
-# -- tokens and labels ----------------------------------------------------------------------------
-
-
-def encode_conversation(processor: TarsierProcessor, messages: list[dict[str, str]], n_frames: int) -> tuple[list[int], list[int]]:
-    """``input_ids`` (frames expanded to their layout) and ``labels`` (-100 except reply tokens)."""
-    pieces = processor.chat_template.segments(messages, n_frames)
-    text, spans, cursor = "", [], 0
-    for piece, is_reply in pieces:
-        if is_reply:
-            spans.append((cursor, cursor + len(piece)))
-        text += piece
-        cursor += len(piece)
-    encoded = processor.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    layout = processor.layout
-    ids: list[int] = []
-    labels: list[int] = []
-    frames = 0
-    for token, (start, end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-        if token == layout.image_token_id:
-            ids.extend(layout.frame_token_ids)
-            labels.extend([IGNORE_INDEX] * len(layout.frame_token_ids))
-            frames += 1
-            continue
-        ids.append(token)
-        labels.append(token if _in_reply(text, start, end, spans) else IGNORE_INDEX)
-    if frames != n_frames:
-        raise TarsierError(f"the conversation holds {frames} <image> tokens for {n_frames} frames")
-    return ids, labels
-
-
-def _in_reply(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    """A token is a target when its first non-space character (or, for a token that is all
-    spaces, its first character) is inside a reply.
-
-    SentencePiece folds the space before a word into the word's token ("▁A"), so the token that
-    starts a reply begins on the separator's space; what it spells is reply text.
-    """
-    if start >= end:  # added by the tokenizer (BOS): not in the text
-        return False
-    piece = text[start:end]
-    if piece.strip():
-        start += len(piece) - len(piece.lstrip())
-    return any(low <= start < high for low, high in spans)
-
-
 # -- dataset and collator -------------------------------------------------------------------------
 
 
@@ -195,37 +146,33 @@ class TrainingDataset(Dataset):
 
     def encode(self, item: TrainingItem, default_frames: int) -> dict[str, Any]:
         """Frames and tokens of one item (a TarsierError says why it cannot be used)."""
-        pixels = None
-        n_frames = 0
+        frames = None
         if item.media is not None:
             wanted = item.n_frames or (len(item.media) if isinstance(item.media, list) else default_frames)
-            frames = load_frames(item.media, n_frames=wanted, start_time=item.start, end_time=item.end)
+            frames = self.processor.load_media(item.media, n_frames=wanted, start_time=item.start, end_time=item.end)
             if item.frame_indices is not None and list(frames.indices) != item.frame_indices:
                 raise TarsierError(f"sampled frames {frames.indices} differ from the annotated {item.frame_indices}")
-            pixels = self.processor.pixel_values(frames.images)
-            n_frames = len(frames.images)
-        ids, labels = encode_conversation(self.processor, item.messages, n_frames)
+        ids, labels, media = self.processor.encode_for_training(item.messages, frames)
         if len(ids) > self.max_length:  # cut the end of the last reply; never cut into frames
-            layout_ids = set(self.processor.layout.frame_token_ids)
-            if any(token in layout_ids for token in ids[self.max_length :]):
+            media_ids = self.processor.media_token_ids
+            if any(token in media_ids for token in ids[self.max_length :]):
                 raise TarsierError(f"{len(ids)} tokens: the frames do not fit in data.max_length={self.max_length}")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
             if all(label == IGNORE_INDEX for label in labels):
                 raise TarsierError(f"no reply token within data.max_length={self.max_length}")
-        return {"input_ids": ids, "labels": labels, "pixel_values": pixels, "task": item.task}
+        return {"input_ids": ids, "labels": labels, "media": media, "task": item.task}
 
 
 class Collator:
-    """Left-pads a micro-batch and stacks the frames of all its items in order."""
+    """Left-pads a micro-batch and concatenates each media input of its items in order."""
 
     def __init__(self, processor: TarsierProcessor):
         self.processor = processor
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = self.processor.pad([e["input_ids"] for e in examples], [e["labels"] for e in examples])
-        pixels = [e["pixel_values"] for e in examples if e["pixel_values"] is not None]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
+        for name in dict.fromkeys(name for e in examples for name in e["media"]):
+            batch[name] = torch.cat([e["media"][name] for e in examples if name in e["media"]])
         batch["failures"] = [failure for e in examples for failure in e["failures"]]
         batch["tasks"] = [e["task"] for e in examples]
         return batch

@@ -156,10 +156,14 @@ def load_source(settings: SourceSettings, default_frames: int, items: PackedItem
     return source
 
 
-def load_mixture(settings: DataSettings) -> Mixture:
-    """All sources, with unusable lines counted; more than ``max_bad_fraction`` of them aborts."""
+def load_mixture(settings: DataSettings, model_frames: int = 8) -> Mixture:
+    """All sources, with unusable lines counted; more than ``max_bad_fraction`` of them aborts.
+
+    ``model_frames`` is the start model's frame count, used where neither an item, its source nor
+    ``data.n_frames`` sets one."""
     items = PackedItems()
-    mixture = Mixture([load_source(source, settings.n_frames, items) for source in settings.sources], items.freeze())
+    default_frames = settings.n_frames or model_frames
+    mixture = Mixture([load_source(source, default_frames, items) for source in settings.sources], items.freeze())
     lines = sum(s.lines for s in mixture.sources)
     bad = [problem for s in mixture.sources for problem in s.bad]
     if len(bad) > settings.max_bad_fraction * lines:

@@ -56,7 +56,7 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
     from accelerate.utils import set_seed
 
     output = Path(output)
-    mixture = load_mixture(config.data)
+    mixture = load_mixture(config.data, model_frames(config))
     accelerator = make_accelerator(config, text_only_items=mixture.has_text_only)
     main = accelerator.is_main_process
     say = _printer(main)
@@ -207,6 +207,16 @@ def make_accelerator(config: StageConfig, text_only_items: bool = False):
     return accelerator
 
 
+def model_frames(config: StageConfig) -> int:
+    """Frames per video the start model's family samples by default (Tarsier2: 16; a model
+    assembled from LLaVA or CLIP + Llama is first-generation: 8)."""
+    from tarsier.processor import TarsierProcessor, default_frame_count
+
+    if config.model.checkpoint:
+        return default_frame_count(config.model.checkpoint)
+    return TarsierProcessor.default_n_frames
+
+
 def load_start_model(folder: Path, config: StageConfig):
     """The model in fp32 (master weights) with the trainable parts chosen, and its processor."""
     from tarsier.model import TarsierForConditionalGeneration
@@ -217,7 +227,8 @@ def load_start_model(folder: Path, config: StageConfig):
     settings = config.model
     model.requires_grad_(True)
     if not settings.train_vision_tower:
-        model.vision_tower.requires_grad_(False)
+        for module in model.vision_encoder_modules():
+            module.requires_grad_(False)
     if settings.lora.enabled:
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -240,7 +251,8 @@ def set_train_mode(model: torch.nn.Module, config: StageConfig) -> None:
     """Train mode, except a frozen ViT, which stays in eval mode (no dropout, fixed features)."""
     model.train()
     if not config.model.train_vision_tower:
-        _unwrap(model).vision_tower.eval()
+        for module in _unwrap(model).vision_encoder_modules():
+            module.eval()
 
 
 def build_optimizer(model: torch.nn.Module, config: StageConfig) -> torch.optim.AdamW:
@@ -249,7 +261,7 @@ def build_optimizer(model: torch.nn.Module, config: StageConfig) -> torch.optim.
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            key = (name.startswith("multi_modal_projector."), parameter.ndim >= 2)
+            key = (name.startswith(model.projector_prefix), parameter.ndim >= 2)
             groups.setdefault(key, []).append(parameter)
     param_groups = [
         {"params": params, "weight_decay": optim.weight_decay if decays else 0.0,
