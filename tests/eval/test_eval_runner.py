@@ -287,7 +287,12 @@ def test_release_chat_annotations_run_resume_and_keep_their_lines(tmp_path):
     assert describer.seen == ["DREAM/stock/7", "TVBench/Moving Direction/0", "TVBench/Moving Direction/1"]
     records = {r["key"]: r for r in read_records(predictions_path(tmp_path / "out"))}
     tv = records["TVBench/Moving Direction/1"]
-    assert tv["messages"] == lines[1]["messages"] and tv["task"] == "video/QA"
+    assert tv["task"] == "video/QA" and tv["messages"][0] == lines[1]["messages"][0]
+    # The reference's scorer reads the prediction from the last assistant part; the rest is the line's own.
+    answer = tv["messages"][1]["content"]
+    assert answer[:-1] == lines[1]["messages"][1]["content"][:-1]
+    assert answer[-1] == {**lines[1]["messages"][1]["content"][-1], "text": "described TVBench/Moving Direction/1"}
+    assert lines[1]["messages"][1]["content"][-1]["text"] == ""  # the annotation itself is untouched
     assert tv["video_file"] == str(videos / "moving" / "clip1.mp4")
     assert tv["text"]["prompt"].endswith("(B) Right. ASSISTANT: Answer: (")
     assert tv["text"]["prediction"] == "described TVBench/Moving Direction/1"

@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,6 @@ from tarsier.scale.shards import read_shard_records, shard_files
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
-TARSIER = str(Path(sys.executable).with_name("tarsier"))
 RAY = ["--engine", "ray", "--replicas", "2", "--decode-workers", "2", "--gpus-per-replica", "0"]
 
 
@@ -77,6 +72,22 @@ def test_ray_captions_each_input_once_with_the_in_process_text(fast_checkpoint, 
     merged = tmp_path / "merged.jsonl"
     assert main(["merge", str(output), "--output", str(merged)]) == 0
     assert by_key(json.loads(line) for line in merged.read_text().splitlines()).keys() == in_process.keys()
+
+
+def test_a_tarsier2_checkpoint_captions_with_ray_as_in_process(tarsier2_checkpoint, clips, local_ray, tmp_path):
+    """The Ray path is family-blind: Tarsier2's processor runs in the decode tasks (its 16-frame
+    default, every frame once for these 8- to 12-frame clips) and its model in the actors."""
+    manifest = tmp_path / "three.txt"
+    manifest.write_text("".join(f"{clips / f'clip{index:02d}.mp4'}\n" for index in (0, 1, 4)))
+    args = ["--model", str(tarsier2_checkpoint), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
+    assert main(["caption", str(manifest), "--output", str(tmp_path / "local.jsonl"), *args]) == 0
+    assert main(["caption", str(manifest), "--output", str(tmp_path / "ray"), *args, *RAY]) == 0
+    local = by_key(json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines())
+    distributed = by_key(read_shard_records(tmp_path / "ray"))
+    assert distributed.keys() == local.keys() and len(local) == 3
+    for key, expected in local.items():
+        assert (distributed[key]["text"], distributed[key]["frames"]) == (expected["text"], expected["frames"])
+    assert sorted(len(record["frames"]) for record in local.values()) == [8, 9, 12]
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "file-uri"])

@@ -3,7 +3,6 @@
 In its own module so that no Ray instance of the test process is running beside the driver's own.
 """
 
-import json
 import os
 import signal
 import subprocess

@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 import uvicorn
 
 from media_factory import make_image, make_video

@@ -14,13 +14,16 @@ EXAMPLES = """examples:
   tarsier train --config stage1.yaml --output runs/stage1
   tarsier train --recipe stage1 --set model.llava=llava-v1.6-vicuna-7b-hf --output runs/stage1
   tarsier train --recipe stage2 --set model.checkpoint=runs/stage1 --output runs/stage2
+  tarsier train --recipe stage2 --set model.checkpoint=omni-research/Tarsier2-Recap-7b \\
+      --set 'data.sources=[{path: captions.jsonl, adapter: caption}]' --set model.lora.enabled=true --output runs/t2
   tarsier train --config stage1.yaml --output runs/stage1 --resume auto   # continue after a stop
   torchrun --nproc_per_node 8 -m tarsier.cli.train --config stage1.yaml --output runs/stage1
   tarsier train --recipe shapes-demo --output runs/shapes             # tiny model, CPU, minutes
   tarsier train --recipe shapes-demo --output runs/try --set train.max_steps=3   # smoke run, well under a minute
 
 Training needs a start model: model.llava, model.checkpoint or model.vision + model.language (stage1
-leaves model.llava to you). --print-config prints a commented template even before it is set.
+leaves model.llava to you). A Tarsier2 checkpoint trains its merger and LLM (ViT frozen), with labels
+from its own chat template and 16 frames per video unless data.n_frames says otherwise. --print-config prints a commented template even before it is set.
 shapes-demo generates data sized to the run (the default: 2000 training and 100 held-out clips, stage 0:
 1500 steps on frames of 600 clips; fewer steps, less data); set sizes with --set demo.clips=N,
 demo.held_out_clips=N, demo.vision_steps=N, demo.vision_clips=N.
@@ -39,8 +42,9 @@ OUTPUT/checkpoint-N/ hold resumable checkpoints, OUTPUT/train_log.jsonl the loss
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train or fine-tune a Tarsier model (stage 1 / stage 2 recipes, or the shapes-world demo)",
-        description="Train one stage of the Tarsier recipe: frozen ViT, projector and LLM trained, on a "
+        help="train or fine-tune a Tarsier or Tarsier2 model (stage 1 / stage 2 recipes, or the shapes-world demo)",
+        description="Train one stage of the Tarsier recipe (or fine-tune a Tarsier2 checkpoint): frozen ViT, "
+        "projector (Tarsier2: merger) and LLM trained, on a "
         "weighted mixture of JSONL sources; one CPU, one GPU, or many GPUs with torchrun/accelerate "
         "(FSDP by default). Checkpoints are in the official layout and resumable.",
         epilog=EXAMPLES,
