@@ -537,26 +537,32 @@ class TarsierProcessor:
 
 
 # The published checkpoints' families, so planning a job (``bench run --dry-run``) needs no network.
-PUBLISHED_FRAME_COUNTS = {
-    "omni-research/Tarsier-7b": 8,
-    "omni-research/Tarsier-34b": 8,
-    "omni-research/Tarsier2-Recap-7b": 16,
-    "omni-research/Tarsier2-7b-0115": 16,
+PUBLISHED_FAMILIES = {
+    "omni-research/Tarsier-7b": "tarsier",
+    "omni-research/Tarsier-34b": "tarsier",
+    "omni-research/Tarsier2-Recap-7b": "tarsier2",
+    "omni-research/Tarsier2-7b-0115": "tarsier2",
 }
 
 
-def default_frame_count(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> int:
-    """Frames per video a checkpoint's family samples unless told otherwise: 8 for Tarsier-7b/34b,
-    16 for Tarsier2. Reads only config.json, so resume keys and configs can be settled before the
-    weights are loaded (or downloaded)."""
-    if str(name_or_path) in PUBLISHED_FRAME_COUNTS and not Path(name_or_path).exists():
-        return PUBLISHED_FRAME_COUNTS[str(name_or_path)]
+def checkpoint_family(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str:
+    """``"tarsier"`` (Tarsier-7b/34b) or ``"tarsier2"``, from config.json alone, so settings that
+    depend on the family (frames, training lengths, resume keys) are settled before the weights
+    are loaded or downloaded."""
+    if str(name_or_path) in PUBLISHED_FAMILIES and not Path(name_or_path).exists():
+        return PUBLISHED_FAMILIES[str(name_or_path)]
     folder = resolve_checkpoint_dir(name_or_path, ("config.json",), **hub_kwargs)
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
-    if is_tarsier2_config(config):
+    return "tarsier2" if is_tarsier2_config(config) else "tarsier"
+
+
+def default_frame_count(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> int:
+    """Frames per video a checkpoint's family samples unless told otherwise: 8 for Tarsier-7b/34b,
+    16 for Tarsier2."""
+    if checkpoint_family(name_or_path, **hub_kwargs) == "tarsier2":
         from tarsier.processing_tarsier2 import FrameRules
 
         return FrameRules.n_frames

@@ -14,7 +14,7 @@ from tarsier.processor import TarsierProcessor
 from tarsier.prompting import IGNORE_INDEX
 from tarsier.testing import QWEN2_SPECIAL_IDS
 from tarsier.train.data import Collator
-from tarsier.train.trainer import model_frames, train
+from tarsier.train.trainer import family_data_defaults, train
 
 MESSAGES = [
     {"role": "user", "content": "<video>\nWhat happens?"},
@@ -128,7 +128,7 @@ def descriptions(tmp_path, clip_folder):
 def test_fine_tuning_lowers_the_loss_keeps_the_vit_and_trains_merger_and_llm(tarsier2_checkpoint, descriptions, clip_folder, tmp_path):
     config = make_config(tarsier2_checkpoint, [descriptions], "data.n_frames=null", "train.max_steps=12",
                          "optim.lr=3e-2", "optim.min_lr_ratio=1.0")
-    assert model_frames(config) == 16  # the family's frames, as at inference
+    assert family_data_defaults(config) == (16, 16384)  # the family's frames, as at inference, and length
     result = train(config, tmp_path / "run", progress=False)
     assert learned(result.losses), result.losses
 

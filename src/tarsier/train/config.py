@@ -64,7 +64,9 @@ class SourceSettings:
 class DataSettings:
     sources: list[SourceSettings] = field(default_factory=list)
     n_frames: int | None = None  # frames per video unless a source or item says; None: the start model's (8, Tarsier2 16)
-    max_length: int = 4096  # tokens per sample after frame expansion; longer replies are cut at the end
+    # tokens per sample after frame expansion, longer replies cut at the end; None: the start model's
+    # (Tarsier 6,144: 8 frames of 601 and the text; Tarsier2 16,384, the reference's max_seq_len)
+    max_length: int | None = None
     num_workers: int = 4  # DataLoader processes decoding frames
     max_bad_fraction: float = 0.01  # abort when more items than this fail (missing/undecodable media)
 
@@ -135,6 +137,8 @@ class StageConfig:
             if section == "model" and line.startswith("  ") and not line.startswith("   ") and key in START_KEYS:
                 required = unset and key == suggested_start(self)
                 lines.append(f"  # {'REQUIRED (or another start): ' if required else 'start from '}{START_KEYS[key]}")
+            if line.startswith("  ") and not line.startswith("   ") and f"{section}.{key}" in MODEL_DEFAULT_KEYS:
+                lines.append(f"  # {MODEL_DEFAULT_KEYS[f'{section}.{key}']}")
             lines.append(line)
         return "\n".join(lines) + "\n"
 
@@ -143,6 +147,12 @@ class StageConfig:
         """Samples per optimizer step in one process (times the number of processes)."""
         return self.train.micro_batch_size * self.train.gradient_accumulation
 
+
+# Keys whose null means "the start model's family decides" (commented in --print-config).
+MODEL_DEFAULT_KEYS = {
+    "data.n_frames": "null: the start model's frames per video (Tarsier 8, Tarsier2 16)",
+    "data.max_length": "null: the start model's tokens per sample (Tarsier 6144, Tarsier2 16384)",
+}
 
 # Keys a resumed run may change: they affect logging, saving and speed, never the numbers.
 RESUMABLE_KEYS = {
@@ -326,7 +336,7 @@ def validate(config: StageConfig, where: str, complete: bool = True) -> None:
             fail(f"data.sources[{i}].n_frames", f"must be at least 1, got {source.n_frames}")
     if data.n_frames is not None and data.n_frames < 1:
         fail("data.n_frames", f"must be at least 1, got {data.n_frames}")
-    if data.max_length < 16:
+    if data.max_length is not None and data.max_length < 16:
         fail("data.max_length", f"must be at least 16 tokens, got {data.max_length}")
     if data.num_workers < 0:
         fail("data.num_workers", f"must be >= 0, got {data.num_workers}")

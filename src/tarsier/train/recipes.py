@@ -44,7 +44,7 @@ def stage1() -> dict[str, Any]:
     return {
         "stage": "stage1",
         "model": {"llava": None, "gradient_checkpointing": True},
-        "data": {"sources": _sources(STAGE1_SOURCES), "max_length": 6144, "num_workers": 8},
+        "data": {"sources": _sources(STAGE1_SOURCES), "num_workers": 8},
         "optim": {"lr": 2e-5, "weight_decay": 0.0, "warmup_ratio": 0.03, "max_grad_norm": 1.0},
         "train": {"max_steps": 20000, "micro_batch_size": 1, "gradient_accumulation": 8, "save_every": 1000},
         "distributed": {"strategy": "fsdp"},
@@ -56,7 +56,7 @@ def stage2() -> dict[str, Any]:
     return {
         "stage": "stage2",
         "model": {"checkpoint": "runs/stage1", "gradient_checkpointing": True},
-        "data": {"sources": _sources(STAGE2_SOURCES), "max_length": 6144, "num_workers": 8},
+        "data": {"sources": _sources(STAGE2_SOURCES), "num_workers": 8},
         "optim": {"lr": 1e-5, "weight_decay": 0.0, "warmup_ratio": 0.03, "max_grad_norm": 1.0},
         "train": {"max_steps": 3000, "micro_batch_size": 1, "gradient_accumulation": 8, "save_every": 500},
         "distributed": {"strategy": "fsdp"},

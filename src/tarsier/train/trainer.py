@@ -56,7 +56,8 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
     from accelerate.utils import set_seed
 
     output = Path(output)
-    mixture = load_mixture(config.data, model_frames(config))
+    model_frames, model_max_length = family_data_defaults(config)
+    mixture = load_mixture(config.data, model_frames)
     accelerator = make_accelerator(config, text_only_items=mixture.has_text_only)
     main = accelerator.is_main_process
     say = _printer(main)
@@ -85,7 +86,8 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
         schedule, config.train.micro_batch_size, accelerator.process_index, accelerator.num_processes,
         first_microstep=start_step * accumulation, microsteps=(max_steps - start_step) * accumulation,
     )
-    dataset = TrainingDataset(mixture.items, mixture.ranges, processor, [s.n_frames for s in mixture.sources], config.data.max_length)
+    dataset = TrainingDataset(mixture.items, mixture.ranges, processor, [s.n_frames for s in mixture.sources],
+                              config.data.max_length or model_max_length)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=Collator(processor), num_workers=config.data.num_workers,
         worker_init_fn=worker_init, prefetch_factor=4 if config.data.num_workers else None,
@@ -207,14 +209,17 @@ def make_accelerator(config: StageConfig, text_only_items: bool = False):
     return accelerator
 
 
-def model_frames(config: StageConfig) -> int:
-    """Frames per video the start model's family samples by default (Tarsier2: 16; a model
-    assembled from LLaVA or CLIP + Llama is first-generation: 8)."""
-    from tarsier.processor import TarsierProcessor, default_frame_count
+# What a sample holds unless the data config says: frames per video and tokens per sample.
+FAMILY_DATA_DEFAULTS = {"tarsier": (8, 6144), "tarsier2": (16, 16384)}
 
-    if config.model.checkpoint:
-        return default_frame_count(config.model.checkpoint)
-    return TarsierProcessor.default_n_frames
+
+def family_data_defaults(config: StageConfig) -> tuple[int, int]:
+    """Frames per video and tokens per sample for the start model's family (a model assembled from
+    LLaVA or CLIP + Llama is first-generation)."""
+    from tarsier.processor import checkpoint_family
+
+    family = checkpoint_family(config.model.checkpoint) if config.model.checkpoint else "tarsier"
+    return FAMILY_DATA_DEFAULTS[family]
 
 
 def load_start_model(folder: Path, config: StageConfig):
