@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tarsier.media import write_video
+from tarsier.prompting import IGNORE_INDEX
 from tarsier.train.config import apply_override, config_from_dict
 
 
@@ -60,6 +61,19 @@ def mixture_files(tmp_path, clip_folder):
         {"media": str(clip_folder / f"{c}.mp4"), "caption": f"{c} block"} for c in ("red", "blue")
     ])
     return {"path": str(descriptions)}, {"path": str(captions), "adapter": "caption"}
+
+
+def target_runs(ids, labels):
+    """Maximal runs of consecutive target tokens (each label equal to its token)."""
+    runs, current = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
 
 
 def make_config(checkpoint, sources, *overrides, **sections):

@@ -6,7 +6,7 @@ import json
 import tracemalloc
 
 import pytest
-from conftest import chat, write_jsonl
+from conftest import chat, target_runs, write_jsonl
 
 from tarsier import TarsierError
 from tarsier.processor import TarsierProcessor
@@ -30,19 +30,6 @@ from tarsier.train.mixture import (
 @pytest.fixture(scope="module")
 def processor(fast_checkpoint):
     return TarsierProcessor.from_pretrained(fast_checkpoint)
-
-
-def target_runs(ids, labels):
-    """Maximal runs of consecutive target tokens."""
-    runs, current = [], []
-    for token, label in zip(ids, labels):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs + ([current] if current else [])
 
 
 def test_labels_cover_exactly_the_assistant_replies_of_a_multi_turn_conversation(processor):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import chat, make_config, write_jsonl
+from conftest import chat, make_config, target_runs, write_jsonl
 
 from tarsier import TarsierForConditionalGeneration
 from tarsier.generation import GenerationSettings
@@ -32,18 +32,6 @@ def processor(tarsier2_checkpoint):
 @pytest.fixture(scope="module")
 def frames(clip_folder, processor):
     return processor.load_media(str(clip_folder / "red.mp4"), n_frames=4)
-
-
-def target_runs(ids, labels):
-    runs, current = [], []
-    for token, label in zip(ids, labels):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    return runs + ([current] if current else [])
 
 
 def with_template(checkpoint, template):
