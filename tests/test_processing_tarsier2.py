@@ -209,6 +209,28 @@ def test_prompt_comes_from_the_checkpoints_chat_template(checkpoint, tmp_path):
     )
 
 
+def test_a_template_that_reads_only_typed_parts_renders_every_turn(checkpoint, processor):
+    """The reference always passes contents as lists of typed parts, so a checkpoint's template may
+    handle only that form: every turn, replies and a pre-fill included, is given to it that way."""
+    strict = Tarsier2Processor.from_pretrained(checkpoint)
+    strict.chat_template = processor.chat_template.replace(
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}", ""
+    ).replace("{% endif %}{% endfor %}{% endif %}", "{% endif %}{% endfor %}")
+    assert "is string" not in strict.chat_template
+    conversation = [
+        {"role": "user", "content": "<video>\nWhat happens?"},
+        {"role": "assistant", "content": "A man opens a door."},
+        {"role": "user", "content": "And then?"},
+    ]
+    frames = SampledFrames(random_frames(2), [0, 1], 2, None, "<frames>", "frames")
+    assert strict.encode_conversation(conversation, frames)[0] == processor.encode_conversation(conversation, frames)[0]
+    framed = "USER: <video>\nWhich?\n(A) x\n(B) y ASSISTANT: Answer: ("
+    assert torch.equal(strict(framed, videos=[frames])["input_ids"], processor(framed, videos=[frames])["input_ids"])
+    assert strict.render_conversation(conversation[:2], add_generation_prompt=False).endswith(
+        "<|im_start|>assistant\nA man opens a door.<|im_end|>\n"
+    )
+
+
 def test_batch_is_left_padded_and_keeps_media_in_prompt_order(processor):
     video, image = random_frames(3, seed=1), random_frames(1, seed=2)[0]
     prompts = ["Describe the video in detail.", "Hi", "Describe the image in detail."]

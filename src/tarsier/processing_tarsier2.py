@@ -347,8 +347,9 @@ class Tarsier2Processor:
     def template_messages(
         self, messages: Sequence[Mapping[str, str]], media: MediaInputs | None = None, source: str | None = None
     ) -> list[dict[str, Any]]:
-        """``role``/``content`` messages as the chat template takes them: the first user turn's content
-        as typed parts with the media (see :func:`user_content`), later turns as they are."""
+        """``role``/``content`` messages as the chat template takes them: every content a list of typed
+        parts, as the reference always passes it (a template may handle only that form); the first
+        user turn's holds the media (see :func:`user_content`)."""
         media_type = None if media is None else ("image" if media.frames.kind == "image" else "video")
         n_tokens = 0 if media is None else media.n_tokens(self.merge_size)
         rendered: list[dict[str, Any]] = []
@@ -357,6 +358,8 @@ class Tarsier2Processor:
             if message["role"] == "user":
                 first = not any(earlier["role"] == "user" for earlier in rendered)
                 content = user_content(content, media_type if first else None, n_tokens, source)
+            elif isinstance(content, str):
+                content = [{"type": "text", "text": content}]
             rendered.append({"role": message["role"], "content": content})
         return rendered
 
@@ -531,8 +534,8 @@ class Tarsier2Processor:
         marked, replies = [], []
         for message in conversation:
             if message["role"] == "assistant":
-                marked.append({**message, "content": f"\x00{len(replies)}\x00"})
-                replies.append(message["content"])
+                marked.append({**message, "content": [{"type": "text", "text": f"\x00{len(replies)}\x00"}]})
+                replies.append("".join(part["text"] for part in message["content"]))
             else:
                 marked.append(message)
         rendered = self.tokenizer.apply_chat_template(marked, chat_template=self.chat_template, tokenize=False)

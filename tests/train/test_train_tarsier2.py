@@ -66,11 +66,11 @@ def test_generation_blocks_in_the_template_decide_what_is_learned(tarsier2_check
     both = plain.replace(
         "<|im_start|>{{ message['role'] }}\n",
         "<|im_start|>{{ message['role'] }}\n{% if message['role'] == 'assistant' %}{% generation %}"
-        "{{ message['content'] }}<|im_end|>{% endgeneration %}{{ '\\n' }}{% else %}",  # (a newline right after a tag is trimmed)
+        "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}<|im_end|>{% endgeneration %}"
+        "{{ '\\n' }}{% else %}",  # (a newline right after a tag is trimmed)
     ).replace("<|im_end|>\n{% endfor %}", "<|im_end|>\n{% endif %}{% endfor %}")
     assert both.count("{% generation %}") == 1 and both != plain
-    reply_only = both.replace("{{ message['content'] }}<|im_end|>{% endgeneration %}",
-                              "{{ message['content'] }}{% endgeneration %}<|im_end|>")
+    reply_only = both.replace("{% endfor %}<|im_end|>{% endgeneration %}", "{% endfor %}{% endgeneration %}<|im_end|>")
     ids, labels, _ = processor.encode_for_training(MESSAGES, frames)
     marked_ids, marked_labels, _ = with_template(tarsier2_checkpoint, both).encode_for_training(MESSAGES, frames)
     assert (marked_ids, marked_labels) == (ids, labels)
