@@ -216,3 +216,22 @@ def test_a_chat_s_later_turn_penalises_the_earlier_turns_ids_too(fast):
     ids = torch.tensor([turn_two])
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": processor.pixel_values(video.images)}
     assert generate_text(model, processor, inputs, settings)[0] == second
+
+
+def test_sampling_takes_the_checkpoint_s_top_k_else_transformers_default(fast):
+    model, processor = fast
+    assert GenerationSettings(temperature=1.0).decode_settings(processor).sampler.warpers[1].top_k == 50
+    processor.generation_config = {"top_k": 1}
+    try:
+        # top-k 1 from the config makes sampling greedy, as the reference's generate() would
+        inputs = processor(text="<video>\nDescribe.", videos=[frames(2, 3)])
+        greedy = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=8))
+        sampled = generate_ids(model, processor, inputs, GenerationSettings(max_new_tokens=8, temperature=1.5, seed=1))
+        assert sampled.tolist() == greedy.tolist()
+        explicit = GenerationSettings(max_new_tokens=8, temperature=1.5, seed=1, top_k=0)
+        assert len(explicit.decode_settings(processor).sampler.warpers) == 1  # temperature only
+        assert generate_ids(model, processor, inputs, explicit).tolist() != greedy.tolist()
+    finally:
+        processor.generation_config = {}
+    with pytest.raises(TarsierError, match="top_k must be >= 0"):
+        GenerationSettings(top_k=-1)

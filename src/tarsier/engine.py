@@ -89,17 +89,19 @@ class KVCache:
 
 
 class Sampler:
-    """Greedy argmax, or temperature + top-p sampling with transformers' own warpers (same maths).
+    """Greedy argmax, or temperature + top-k + top-p sampling with transformers' own warpers (same maths).
 
     With a ``seed``, sampling draws from its own generator, so a request gives the same reply
     whatever else runs in its batch.
     """
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, top_k: int = 0):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         self.greedy = temperature <= 0
         warpers = [] if self.greedy else [TemperatureLogitsWarper(temperature)]
+        if not self.greedy and top_k > 0:  # in generate()'s order: temperature, top-k, top-p
+            warpers.append(TopKLogitsWarper(top_k))
         if not self.greedy and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
         self.warpers = LogitsProcessorList(warpers)

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # torch is imported where it is used, so settings validate wi
     from tarsier.processor import TarsierProcessor
 
 
+TRANSFORMERS_TOP_K = 50  # generate()'s top-k when a generation config sets none
+
+
 @dataclass
 class GenerationSettings:
     """Decoding options; the defaults are the reference's (greedy, 512 new tokens)."""
@@ -33,6 +36,9 @@ class GenerationSettings:
     seed: int | None = None  # sampling draws from its own generator: same seed, same reply
     # None: the checkpoint's generation_config.json (as the reference's generate() applies it), else none.
     repetition_penalty: float | None = None
+    # Sampling only. None: generation_config.json's, else transformers' default of 50 (the reference's
+    # generate() samples with it); 0: no top-k.
+    top_k: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -41,6 +47,8 @@ class GenerationSettings:
             raise TarsierError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise TarsierError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise TarsierError(f"top_k must be >= 0 (0 means no top-k), got {self.top_k}")
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:
             raise TarsierError(f"repetition_penalty must be > 0 (1 means none), got {self.repetition_penalty}")
 
@@ -51,13 +59,17 @@ class GenerationSettings:
     def decode_settings(self, processor: TarsierProcessor) -> DecodeSettings:
         from tarsier.engine import DecodeSettings, Sampler
 
+        defaults = processor.generation_config
         penalty = self.repetition_penalty
         if penalty is None:
-            penalty = float(processor.generation_config.get("repetition_penalty") or 1.0)
+            penalty = float(defaults.get("repetition_penalty") or 1.0)
+        top_k = self.top_k
+        if top_k is None:
+            top_k = int(defaults.get("top_k", TRANSFORMERS_TOP_K) or 0)
         return DecodeSettings(
             max_new_tokens=self.max_new_tokens,
             eos_token_id=processor.eos_token_ids,
-            sampler=Sampler(self.temperature, self.top_p, self.seed),
+            sampler=Sampler(self.temperature, self.top_p, self.seed, top_k),
             ignore_eos=self.ignore_eos,
             repetition_penalty=penalty,
         )

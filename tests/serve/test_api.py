@@ -246,6 +246,8 @@ def chat_body(url_or_messages, **extra):
         (chat_body("clip.mp4", temperature="hot"), 422, "temperature must be a number"),
         (chat_body("clip.mp4", n=2), 400, "n must be 1"),
         (chat_body("clip.mp4", repetition_penalty=0), 400, "repetition_penalty must be > 0"),
+        (chat_body("clip.mp4", top_k=-2), 400, "top_k must be >= 0"),
+        (chat_body("clip.mp4", top_k=1.5), 422, "top_k must be"),
         (chat_body("clip.mp4", max_frames=99), 400, "--max-frames of 4"),
         (chat_body("../outside/secret.mp4"), 400, "outside the media root"),
         (chat_body("escape.mp4"), 400, "outside the media root"),

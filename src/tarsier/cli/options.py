@@ -62,6 +62,9 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=int, default=512, help="longest reply in tokens (default: 512)")
     group.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily, as the reference (default: 0)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass when temperature > 0 (default: 1)")
+    group.add_argument("--top-k", type=int, default=None,
+                       help="when temperature > 0, sample among the k likeliest tokens; 0: all "
+                            "(default: the checkpoint's generation_config.json, else 50, as transformers' generate)")
     group.add_argument("--repetition-penalty", type=float, default=None,
                        help="over 1 discourages repeating ids already in the prompt or reply "
                             "(default: the checkpoint's generation_config.json, else 1: none)")
@@ -71,7 +74,7 @@ def generation_from_args(args: argparse.Namespace):
     from tarsier.generation import GenerationSettings
 
     return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                              repetition_penalty=args.repetition_penalty)
+                              top_k=args.top_k, repetition_penalty=args.repetition_penalty)
 
 
 def check_model_options(args: argparse.Namespace) -> None:

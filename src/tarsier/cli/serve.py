@@ -17,7 +17,8 @@ EXAMPLES = """examples:
 Ask with any OpenAI client (base_url http://127.0.0.1:8000/v1): a message's content parts are text
 and one video_url or image_url whose url is a data: URL (base64), a path or file:// URL under
 --media-root, or http(s) with --allow-remote-media. temperature defaults to 0 (greedy, as the
-reference). Extra body fields: max_frames, start_time, end_time (seconds), repetition_penalty, return_token_ids.
+reference). Extra body fields: max_frames, start_time, end_time (seconds), top_k, repetition_penalty,
+return_token_ids.
 Stop with Ctrl-C or SIGTERM: requests in progress finish first, new ones get 503.
 """
 

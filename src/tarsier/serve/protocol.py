@@ -111,11 +111,14 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int, default_max_tokens: in
     if start_time is not None and end_time is not None and 0 < end_time <= start_time:
         raise ApiError(400, f"end_time ({end_time}) must be after start_time ({start_time})", "end_time")
 
-    repetition_penalty = _number(body, "repetition_penalty", None)  # vLLM's extra field; None: the checkpoint's
+    top_k = _typed(body, "top_k", int)  # vLLM's extra fields; None: the checkpoint's
+    if top_k is not None and top_k < 0:
+        raise ApiError(400, f"top_k must be >= 0 (0 means no top-k), got {top_k}", "top_k")
+    repetition_penalty = _number(body, "repetition_penalty", None)
     if repetition_penalty is not None and repetition_penalty <= 0:
         raise ApiError(400, f"repetition_penalty must be > 0 (1 means none), got {repetition_penalty}", "repetition_penalty")
     settings = GenerationSettings(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                  repetition_penalty=repetition_penalty)
+                                  top_k=top_k, repetition_penalty=repetition_penalty)
     return ChatRequest(model, messages, media_url, media_kind, settings, stop, stream, include_usage,
                        max_frames, start_time, end_time)
 
