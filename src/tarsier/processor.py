@@ -171,19 +171,22 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file, or a one-line CheckpointError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
 def read_generation_config(folder: Path) -> dict[str, Any]:
     """The checkpoint's ``generation_config.json`` ({} without one): the reference's ``generate()``
     applies what it sets and a call leaves unset (EOS ids, a repetition penalty), so we do too."""
     path = folder / "generation_config.json"
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return config
+    return read_json_object(path) if path.is_file() else {}
 
 
 # One prepared item: its prompt ids and its media inputs (pixel_values, Tarsier2's image_grid_thw).
@@ -272,11 +275,7 @@ class TarsierProcessor:
         folder = resolve_checkpoint_dir(name_or_path, PROCESSOR_FILES, **hub_kwargs)
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{folder}: missing config.json")
-        try:
-            config_dict = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
-        if is_tarsier2_config(config_dict):
+        if checkpoint_family(folder) == "tarsier2":
             if do_image_padding or chat_template is not None:
                 raise CheckpointError(
                     f"{folder}: a Tarsier2 checkpoint renders prompts with its own chat template and does not pad frames"
@@ -552,21 +551,22 @@ def checkpoint_family(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> str
     if str(name_or_path) in PUBLISHED_FAMILIES and not Path(name_or_path).exists():
         return PUBLISHED_FAMILIES[str(name_or_path)]
     folder = resolve_checkpoint_dir(name_or_path, ("config.json",), **hub_kwargs)
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}/config.json: unreadable ({exc})") from None
-    return "tarsier2" if is_tarsier2_config(config) else "tarsier"
+    return "tarsier2" if is_tarsier2_config(read_json_object(folder / "config.json")) else "tarsier"
 
 
-def default_frame_count(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> int:
-    """Frames per video a checkpoint's family samples unless told otherwise: 8 for Tarsier-7b/34b,
+def family_frame_count(family: str) -> int:
+    """Frames per video a family's processor samples unless told otherwise: 8 for Tarsier-7b/34b,
     16 for Tarsier2."""
-    if checkpoint_family(name_or_path, **hub_kwargs) == "tarsier2":
+    if family == "tarsier2":
         from tarsier.processing_tarsier2 import FrameRules
 
         return FrameRules.n_frames
     return TarsierProcessor.default_n_frames
+
+
+def default_frame_count(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> int:
+    """:func:`family_frame_count` of a checkpoint (config.json alone is read)."""
+    return family_frame_count(checkpoint_family(name_or_path, **hub_kwargs))
 
 
 def media_per_prompt(media: Any, n_prompts: int) -> list[Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tarsier.checkpoints import checkpoint_folder
@@ -119,13 +118,12 @@ def check_frame_budget(folder: str | os.PathLike, n_frames: int | None) -> None:
     frames takes a fixed number of positions, whereas Tarsier2's processor shares one pixel budget
     among a sample's frames (about 12,000 positions in all, a third of its 32,768-position context).
     """
-    import json
     import sys
 
-    from tarsier.model import TarsierConfig, is_tarsier2_config
-    from tarsier.processor import TarsierProcessor
+    from tarsier.model import TarsierConfig
+    from tarsier.processor import TarsierProcessor, checkpoint_family
 
-    if is_tarsier2_config(json.loads((Path(folder) / "config.json").read_text())):
+    if checkpoint_family(folder) == "tarsier2":
         return
     n_frames = TarsierProcessor.default_n_frames if n_frames is None else n_frames
     config = TarsierConfig.from_pretrained(str(folder))

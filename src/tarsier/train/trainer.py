@@ -209,17 +209,18 @@ def make_accelerator(config: StageConfig, text_only_items: bool = False):
     return accelerator
 
 
-# What a sample holds unless the data config says: frames per video and tokens per sample.
-FAMILY_DATA_DEFAULTS = {"tarsier": (8, 6144), "tarsier2": (16, 16384)}
+# Tokens per sample unless data.max_length says: Tarsier's 8 frames of 601 and the text; Tarsier2,
+# the reference's max_seq_len.
+FAMILY_MAX_LENGTH = {"tarsier": 6144, "tarsier2": 16384}
 
 
 def family_data_defaults(config: StageConfig) -> tuple[int, int]:
-    """Frames per video and tokens per sample for the start model's family (a model assembled from
-    LLaVA or CLIP + Llama is first-generation)."""
-    from tarsier.processor import checkpoint_family
+    """Frames per video (as the family's processor samples them) and tokens per sample for the start
+    model's family (a model assembled from LLaVA or CLIP + Llama is first-generation)."""
+    from tarsier.processor import checkpoint_family, family_frame_count
 
     family = checkpoint_family(config.model.checkpoint) if config.model.checkpoint else "tarsier"
-    return FAMILY_DATA_DEFAULTS[family]
+    return family_frame_count(family), FAMILY_MAX_LENGTH[family]
 
 
 def load_start_model(folder: Path, config: StageConfig):
