@@ -41,7 +41,15 @@ from tarsier.checkpoints import resolve_checkpoint_dir
 from tarsier.errors import CheckpointError, MediaError, PromptError
 from tarsier.media import SampledFrames, load_frames
 from tarsier.model.configuration_tarsier2 import Tarsier2Config
-from tarsier.processor import ItemInputs, MediaItem, collate_items, left_pad, media_per_prompt, read_generation_config
+from tarsier.processor import (
+    ItemInputs,
+    MediaItem,
+    collate_items,
+    frames_in_memory,
+    left_pad,
+    media_per_prompt,
+    read_generation_config,
+)
 from tarsier.prompting import IGNORE_INDEX, counted, in_spans, split_frame
 
 TARSIER2_PROCESSOR_FILES = (
@@ -189,6 +197,14 @@ class MediaInputs:
         t, h, w = self.grid
         return t * h * w // (merge * merge)
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """``pixel_values`` and this item's one-row ``image_grid_thw``, as the model takes them."""
+        return {"pixel_values": self.pixel_values, "image_grid_thw": torch.tensor([self.grid], dtype=torch.long)}
+
+
+def _model_inputs(media: MediaInputs | None) -> dict[str, torch.Tensor]:
+    return {} if media is None else media.model_inputs()
+
 
 class Tarsier2Processor:
     """Turns (prompt, media) pairs into Tarsier2 inputs; decodes generated ids back to text."""
@@ -254,19 +270,9 @@ class Tarsier2Processor:
         """Sample ONE media item by the Tarsier2 rules: a path (video, GIF, image, frame folder), a list
         of frame files, a PIL image, a list of PIL images (one video, already sampled) or
         :class:`SampledFrames` (taken as they are). ``n_frames`` is capped at ``max_n_frames``."""
-        if isinstance(media, SampledFrames):
-            return media
-        if isinstance(media, Image.Image):
-            return SampledFrames([media.convert("RGB")], [0], 1, None, "<image>", "image")
-        if isinstance(media, Sequence) and not isinstance(media, (str, bytes)) and media:
-            if all(isinstance(m, Image.Image) for m in media):
-                images = [image.convert("RGB") for image in media]
-                return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
-        elif not isinstance(media, (str, os.PathLike)):
-            raise MediaError(
-                f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
-                "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
-            )
+        given = frames_in_memory(media)
+        if given is not None:
+            return given
         wanted = min(n_frames, self.rules.n_frames) if n_frames else self.rules.n_frames
         return every_frame_once(load_frames(media, n_frames=wanted, start_time=start_time, end_time=end_time))
 
@@ -396,11 +402,25 @@ class Tarsier2Processor:
             )
         return expanded, origins
 
-    def encode(self, text: str, media: MediaInputs | None = None, source: str | None = None) -> list[int]:
-        """Token ids of the rendered prompt with the media's pads in place."""
-        prompt = self.render_prompt(text, media, source)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        return self.expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
+    def _prepared(
+        self, frames: SampledFrames | None, source: str | None = None
+    ) -> tuple[MediaInputs | None, str | None]:
+        """The frames' media inputs, and the name errors give them (a file's path unless ``source``
+        says otherwise; frames given in memory have none)."""
+        if frames is None:
+            return None, source
+        if source is None and not frames.source.startswith("<"):
+            source = frames.source
+        return self.media_inputs(frames), source
+
+    def _pad_counts(self, media: MediaInputs | None) -> list[int]:
+        """``<|image_pad|>`` ids per media block of a prompt holding ``media``."""
+        return [] if media is None else [media.n_tokens(self.merge_size)]
+
+    def _ids(self, rendered: str, media: MediaInputs | None, source: str | None) -> list[int]:
+        """Token ids of a rendered prompt with the media's pads in place."""
+        ids = self.tokenizer.encode(rendered, add_special_tokens=False)
+        return self.expand_media(ids, self._pad_counts(media), source)
 
     def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
         """Left-pad id lists into ``input_ids`` / ``attention_mask`` (and ``labels`` with -100)."""
@@ -440,13 +460,8 @@ class Tarsier2Processor:
     ) -> tuple[list[int], dict[str, torch.Tensor]]:
         """One prompt and its sampled media -> its ids and media inputs (``pixel_values`` and a
         one-row ``image_grid_thw``), batched later by :meth:`collate`."""
-        media = None if frames is None else self.media_inputs(frames)
-        if source is None and frames is not None and not frames.source.startswith("<"):
-            source = frames.source
-        ids = self.encode(prompt, media, source)
-        if media is None:
-            return ids, {}
-        return ids, {"pixel_values": media.pixel_values, "image_grid_thw": torch.tensor([media.grid], dtype=torch.long)}
+        media, source = self._prepared(frames, source)
+        return self._ids(self.render_prompt(prompt, media, source), media, source), _model_inputs(media)
 
     def collate(self, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
         """Items from :meth:`encode_item` -> the model's inputs for one left-padded batch."""
@@ -458,13 +473,8 @@ class Tarsier2Processor:
     ) -> tuple[list[int], dict[str, torch.Tensor]]:
         """A whole conversation (``role``/``content`` dicts ending with a user turn) and its media
         -> the ids of the prompt for the next reply (pads expanded) and the media inputs."""
-        media = None if frames is None else self.media_inputs(frames)
-        source = None if frames is None or frames.source.startswith("<") else frames.source
-        ids = self.tokenizer.encode(self.render_conversation(messages, media, source), add_special_tokens=False)
-        ids = self.expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
-        if media is None:
-            return ids, {}
-        return ids, {"pixel_values": media.pixel_values, "image_grid_thw": torch.tensor([media.grid], dtype=torch.long)}
+        media, source = self._prepared(frames)
+        return self._ids(self.render_conversation(messages, media, source), media, source), _model_inputs(media)
 
     def close_reply(self, reply_ids: Sequence[int]) -> list[int]:
         """A generated reply as the conversation keeps it: its stop id replaced by the end of turn
@@ -502,9 +512,7 @@ class Tarsier2Processor:
         ``return_assistant_tokens_mask``); otherwise each reply's text and the end-of-turn token
         the template writes right after it (``<|im_end|>``), so the model learns to answer and to stop.
         """
-        media = None if frames is None else self.media_inputs(frames)
-        if source is None and frames is not None and not frames.source.startswith("<"):
-            source = frames.source
+        media, source = self._prepared(frames, source)
         conversation = self.template_messages(messages, media, source)
         if _GENERATION_BLOCK.search(self.chat_template):
             encoded = self.tokenizer.apply_chat_template(
@@ -521,11 +529,9 @@ class Tarsier2Processor:
                 token if in_spans(text, start, end, spans) else IGNORE_INDEX
                 for token, (start, end) in zip(ids, encoded["offset_mapping"])
             ]
-        expanded, origins = self._expand_media(ids, [] if media is None else [media.n_tokens(self.merge_size)], source)
+        expanded, origins = self._expand_media(ids, self._pad_counts(media), source)
         labels = [IGNORE_INDEX if origin is None else labels[origin] for origin in origins]
-        if media is None:
-            return expanded, labels, {}
-        return expanded, labels, {"pixel_values": media.pixel_values, "image_grid_thw": torch.tensor([media.grid], dtype=torch.long)}
+        return expanded, labels, _model_inputs(media)
 
     def _reply_spans(self, conversation: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans of its replies, each with the end-of-turn

@@ -329,26 +329,9 @@ class TarsierProcessor:
         ``n_frames`` is capped by ``max_n_frames`` (as in the reference). PIL images are taken as
         already sampled.
         """
-        if isinstance(media, SampledFrames):
-            return media
-        if isinstance(media, Image.Image):
-            return SampledFrames([media.convert("RGB")], [0], 1, None, "<image>", "image")
-        if isinstance(media, (str, os.PathLike)):
-            pass
-        elif isinstance(media, Sequence) and not isinstance(media, (str, bytes)):
-            if media and all(isinstance(m, Image.Image) for m in media):
-                images = [image.convert("RGB") for image in media]
-                return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
-            odd = next((m for m in media if not isinstance(m, (str, os.PathLike))), None)
-            if odd is not None:
-                raise MediaError(
-                    f"a list of frames holds either frame file paths or PIL images, not {type(odd).__name__}"
-                )
-        else:
-            raise MediaError(
-                f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
-                "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
-            )
+        given = frames_in_memory(media)
+        if given is not None:
+            return given
         wanted = min(n_frames, self.max_n_frames) if n_frames else self.max_n_frames
         return load_frames(media, n_frames=wanted, start_time=start_time, end_time=end_time)
 
@@ -362,6 +345,10 @@ class TarsierProcessor:
         size = self.image_settings.crop_size
         return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size)
 
+    def _media_inputs(self, frames: SampledFrames | None) -> dict[str, torch.Tensor]:
+        """The model's media inputs for sampled frames ({} for none)."""
+        return {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+
     # -- prepared items (Describer, serving) ------------------------------------------------------
     def encode_item(
         self, prompt: str, frames: SampledFrames | None, source: str | None = None
@@ -373,7 +360,7 @@ class TarsierProcessor:
         count = 0 if frames is None else len(frames.images)
         source = source if source is not None or frames is None else frames.source
         ids = self.encode_prompt(self.format_prompt(prompt, count, source), count, source=source)
-        return ids, {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+        return ids, self._media_inputs(frames)
 
     def collate(self, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
         """Items from :meth:`encode_item` -> the model's inputs for one left-padded batch."""
@@ -394,7 +381,7 @@ class TarsierProcessor:
         lead the first user turn."""
         n_frames = 0 if frames is None else len(frames.images)
         ids = self.encode_prompt(self.chat_template.render(messages, n_frames), n_frames)
-        return ids, {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+        return ids, self._media_inputs(frames)
 
     def close_reply(self, reply_ids: Sequence[int]) -> list[int]:
         """A generated reply as the conversation keeps it: ending with the template's separator,
@@ -420,7 +407,7 @@ class TarsierProcessor:
         ``input_ids``, ``labels`` (:data:`IGNORE_INDEX` except reply tokens) and the media inputs."""
         n_frames = 0 if frames is None else len(frames.images)
         ids, labels = self.labelled_ids(messages, n_frames)
-        return ids, labels, {} if frames is None else {"pixel_values": self.pixel_values(frames.images)}
+        return ids, labels, self._media_inputs(frames)
 
     def labelled_ids(self, messages: Sequence[Mapping[str, str]], n_frames: int) -> tuple[list[int], list[int]]:
         """``input_ids`` (frames expanded to their layout) and ``labels``: only assistant replies and
@@ -567,6 +554,30 @@ def family_frame_count(family: str) -> int:
 def default_frame_count(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> int:
     """:func:`family_frame_count` of a checkpoint (config.json alone is read)."""
     return family_frame_count(checkpoint_family(name_or_path, **hub_kwargs))
+
+
+def frames_in_memory(media: MediaItem) -> SampledFrames | None:
+    """ONE media item given in memory, as frames taken as they are: :class:`SampledFrames`, a PIL
+    image or a list of PIL images (one video). None for what must be read from files (a path, a
+    list of frame files), which the family's own sampling rule reads; a MediaError for anything else."""
+    if isinstance(media, SampledFrames):
+        return media
+    if isinstance(media, Image.Image):
+        return SampledFrames([media.convert("RGB")], [0], 1, None, "<image>", "image")
+    if isinstance(media, (str, os.PathLike)):
+        return None
+    if isinstance(media, Sequence) and not isinstance(media, (str, bytes)):
+        if media and all(isinstance(m, Image.Image) for m in media):
+            images = [image.convert("RGB") for image in media]
+            return SampledFrames(images, list(range(len(images))), len(images), None, "<images>", "frames")
+        odd = next((m for m in media if not isinstance(m, (str, os.PathLike))), None)
+        if odd is not None:
+            raise MediaError(f"a list of frames holds either frame file paths or PIL images, not {type(odd).__name__}")
+        return None
+    raise MediaError(
+        f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
+        "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
+    )
 
 
 def media_per_prompt(media: Any, n_prompts: int) -> list[Any]:
