@@ -214,13 +214,15 @@ def left_pad(
     return batch
 
 
+def concat_media(media: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each media input of a batch's items concatenated in item order (items without it add nothing)."""
+    names = dict.fromkeys(name for inputs in media for name in inputs)
+    return {name: torch.cat([inputs[name] for inputs in media if name in inputs]) for name in names}
+
+
 def collate_items(processor: Any, items: Sequence[ItemInputs]) -> dict[str, torch.Tensor]:
-    """Prepared items -> one batch: ids left-padded by ``processor.pad``, each media input
-    concatenated in item order (items without media add nothing)."""
-    batch = processor.pad([ids for ids, _ in items])
-    for name in dict.fromkeys(name for _, media in items for name in media):
-        batch[name] = torch.cat([media[name] for _, media in items if name in media])
-    return batch
+    """Prepared items -> one batch: ids left-padded by ``processor.pad``, media inputs by :func:`concat_media`."""
+    return {**processor.pad([ids for ids, _ in items]), **concat_media([media for _, media in items])}
 
 
 class TarsierProcessor:

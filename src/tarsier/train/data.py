@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tarsier.errors import TarsierError
-from tarsier.processor import TarsierProcessor
+from tarsier.processor import TarsierProcessor, concat_media
 from tarsier.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 # Consecutive unreadable items of one source after which a worker gives up (and the run stops).
@@ -171,8 +171,7 @@ class Collator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = self.processor.pad([e["input_ids"] for e in examples], [e["labels"] for e in examples])
-        for name in dict.fromkeys(name for e in examples for name in e["media"]):
-            batch[name] = torch.cat([e["media"][name] for e in examples if name in e["media"]])
+        batch.update(concat_media([e["media"] for e in examples]))
         batch["failures"] = [failure for e in examples for failure in e["failures"]]
         batch["tasks"] = [e["task"] for e in examples]
         return batch
