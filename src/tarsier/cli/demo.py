@@ -8,10 +8,12 @@ import sys
 import threading
 
 from tarsier.cli.options import (
+    add_bind_options,
     add_generation_options,
     add_model_options,
     check_model_options,
     generation_from_args,
+    warn_if_exposed,
 )
 from tarsier.serve.server import check_port_free
 
@@ -36,8 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    add_bind_options(parser, port=7860)
     parser.add_argument("--share", action="store_true", help="also make a public *.gradio.live link (needs internet)")
     add_model_options(parser)
     add_generation_options(parser)
@@ -55,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_pretrained(
         args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames, progress=not args.no_progress
     )
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"tarsier: warning: binding {args.host} exposes the demo beyond this machine", file=sys.stderr)
+    warn_if_exposed(args.host, "the demo")
     scheduler = Scheduler(model, processor)
     demo = build_demo(scheduler, processor, model_name=args.model, settings=settings)
     try:

@@ -52,6 +52,23 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bars (model loading, batches)")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def add_bind_options(parser: argparse.ArgumentParser, port: int) -> None:
+    """--host (this machine only by default) and --port, for the commands that listen."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+
+
+def warn_if_exposed(host: str, what: str, advice: str = "") -> None:
+    """One warning line when ``host`` lets other machines reach ``what``."""
+    import sys
+
+    if host not in LOCAL_HOSTS:
+        print(f"tarsier: warning: binding {host} exposes {what} beyond this machine{advice}", file=sys.stderr)
+
+
 def add_window_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=float, default=None, help="start of the clip to sample, in seconds")
     parser.add_argument("--end", type=float, default=None, help="end of the clip to sample, in seconds")

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tarsier.cli.options import add_model_options, check_model_options
+from tarsier.cli.options import add_bind_options, add_model_options, check_model_options, warn_if_exposed
 
 EXAMPLES = """examples:
   tarsier serve --model shapes-demo                       # http://127.0.0.1:8000/v1
@@ -32,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    add_bind_options(parser, port=8000)
     parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: the --model value)")
     parser.add_argument("--api-key-env", metavar="NAME", default=None,
                         help="require 'Authorization: Bearer KEY' where KEY is this environment variable's value")
@@ -101,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
         return load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
                                progress=not args.no_progress)
 
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"tarsier: warning: binding {args.host} exposes the server beyond this machine"
-              + ("" if key else "; consider --api-key-env"), file=sys.stderr)
+    warn_if_exposed(args.host, "the server", "" if key else "; consider --api-key-env")
     print(f"tarsier: serving {config.model_name} at http://{args.host}:{args.port}/v1 (loading the model; "
           f"GET /health says when it is ready)", file=sys.stderr)
     return run_server(create_app(load, config), args.host, args.port)
