@@ -2,11 +2,14 @@
 
 Each check prints PASS/FAIL with the number it judged; the exit status is the number of failures.
 
+For both families (a tiny Tarsier and a tiny Tarsier2 checkpoint, official layout):
+
 - logits on CUDA (fp32, bf16, fp16) against the CPU fp32 forward of the same checkpoint;
 - greedy generation: a left-padded batch gives each row the ids it gets alone (fp32 and bf16);
 - ``device_map="auto"`` loads and gives the fp32 logits;
 - the Describer (background decoding, batches) on CUDA gives what one-at-a-time generation gives;
-- training on CUDA: bf16 autocast + gradient checkpointing, loss falls, frozen ViT bit-identical,
+- a compiled decode step (``engine.compile_decode_step``: CUDA graphs) gives the eager greedy ids;
+- training on CUDA (Tarsier): bf16 autocast + gradient checkpointing, loss falls, frozen ViT bit-identical,
   the saved checkpoint describes on CUDA.
 
     python benchmarks/gpu_checks.py                 # tiny random checkpoint, built on the fly
@@ -27,7 +30,8 @@ from tarsier.inference import Describer, DescribeRequest
 from tarsier.media import write_video
 from tarsier.processor import TarsierProcessor
 from tarsier.runtime import load_model
-from tarsier.testing import build_random_checkpoint
+from tarsier.engine import compile_decode_step
+from tarsier.testing import build_random_checkpoint, build_random_tarsier2_checkpoint
 
 FAILURES: list[str] = []
 DEVICE = "cuda"
@@ -54,10 +58,14 @@ def sliding_clip(path: Path, colour: tuple[int, int, int], frames: int = 12) -> 
     return path
 
 
-def inference_checks(checkpoint: Path, clips: list[Path]) -> None:
+PROMPTS = ["<video>\nDescribe the video.", "<video>\nWhat colour is the block, and where does it go?",
+           "<video>\nDescribe the video in detail, please.", "<video>\nHi"]
+
+
+def inference_checks(family: str, checkpoint: Path, clips: list[Path]) -> None:
+    """Every check for one checkpoint; ``family`` names it in the report."""
     processor = TarsierProcessor.from_pretrained(checkpoint, max_n_frames=4)
-    prompts = ["<video>\nDescribe the video.", "<video>\nWhat colour is the block, and where does it go?",
-               "<video>\nDescribe the video in detail, please.", "<video>\nHi"]
+    prompts = PROMPTS
     batch = processor(prompts, videos=clips, n_frames=4)
     cpu = load_model(checkpoint, "cpu", "fp32")
     with torch.inference_mode():
@@ -68,7 +76,7 @@ def inference_checks(checkpoint: Path, clips: list[Path]) -> None:
             logits = model(**{k: v.to(DEVICE) for k, v in batch.items()}).logits
         mask = batch["attention_mask"].bool()
         error = relative_error(logits[mask.to(DEVICE)].float(), reference[mask])
-        check(f"logits {DEVICE} {dtype} vs cpu fp32", error < bound, f"relative error {error:.2e} (bound {bound:g})")
+        check(f"{family}: logits {DEVICE} {dtype} vs cpu fp32", error < bound, f"relative error {error:.2e} (bound {bound:g})")
 
         settings = GenerationSettings(max_new_tokens=24)
         together = generate_ids(model, processor, batch, settings).cpu()
@@ -77,22 +85,27 @@ def inference_checks(checkpoint: Path, clips: list[Path]) -> None:
         # bf16/fp16 rounding differs with the padded shape, so near-tied logits of a random model may
         # flip there; fp32 must agree exactly.
         if dtype == "fp32":
-            check(f"batch == one at a time, {DEVICE} fp32 greedy ids", all(same), f"{sum(same)}/{len(same)} rows identical")
+            check(f"{family}: batch == one at a time, {DEVICE} fp32 greedy ids", all(same), f"{sum(same)}/{len(same)} rows identical")
             with torch.inference_mode():  # the engine (batched prefill on a GPU) against transformers' generate
                 moved = {k: v.to(DEVICE) for k, v in batch.items()}
                 expected = model.generate(**moved, max_new_tokens=24, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id,
                                           eos_token_id=processor.tokenizer.eos_token_id)[:, batch["input_ids"].shape[1]:].cpu()
-            check(f"engine == generate, {DEVICE} fp32 greedy ids", expected.tolist() == together.tolist(),
+            check(f"{family}: engine == generate, {DEVICE} fp32 greedy ids", expected.tolist() == together.tolist(),
                   f"{together.shape[1]} and {expected.shape[1]} steps")
+            compile_decode_step(model)
+            compiled = generate_ids(model, processor, batch, settings).cpu()
+            del model.compiled_decode_step
+            check(f"{family}: compiled decode step == eager, {DEVICE} fp32 greedy ids", compiled.tolist() == together.tolist(),
+                  f"{sum(a == b for a, b in zip(compiled.tolist(), together.tolist()))}/{len(prompts)} rows identical")
         else:
-            print(f"info  batch == one at a time, {DEVICE} {dtype}: {sum(same)}/{len(same)} rows identical")
+            print(f"info  {family}: batch == one at a time, {DEVICE} {dtype}: {sum(same)}/{len(same)} rows identical")
         del model
 
     auto = load_model(checkpoint, "auto", "fp32")
     with torch.inference_mode():
         logits = auto(**{k: v.to(auto.device) for k, v in batch.items()}).logits
     error = relative_error(logits[batch["attention_mask"].bool().to(logits.device)], reference[batch["attention_mask"].bool()])
-    check('device_map="auto" fp32 logits vs cpu', error < 1e-4, f"relative error {error:.2e}, on {sorted({str(p.device) for p in auto.parameters()})}")
+    check(f'{family}: device_map="auto" fp32 logits vs cpu', error < 1e-4, f"relative error {error:.2e}, on {sorted({str(p.device) for p in auto.parameters()})}")
     del auto
 
     describer = Describer.from_pretrained(str(checkpoint), device=DEVICE, dtype="fp32", batch_size=3, num_workers=2,
@@ -101,7 +114,7 @@ def inference_checks(checkpoint: Path, clips: list[Path]) -> None:
     batched = [r.text for r in describer.run(requests)]
     single = [describer.processor.decode(generate_ids(describer.model, describer.processor, describer.processor(p, videos=c, n_frames=4),
                                                       GenerationSettings(max_new_tokens=16))[0]) for p, c in zip(prompts, clips)]
-    check(f"Describer on {DEVICE} == one at a time", batched == single, f"{sum(a == b for a, b in zip(batched, single))}/{len(single)} texts equal")
+    check(f"{family}: Describer on {DEVICE} == one at a time", batched == single, f"{sum(a == b for a, b in zip(batched, single))}/{len(single)} texts equal")
 
 
 def training_check(checkpoint: Path, clips: list[Path], work: Path) -> None:
@@ -149,7 +162,9 @@ def main() -> int:
     global DEVICE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    DEVICE = parser.parse_args().device
+    parser.add_argument("--no-training", action="store_true", help="skip the training check (the slowest)")
+    args = parser.parse_args()
+    DEVICE = args.device
     if DEVICE.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: nothing to check (--device cpu runs the script on the CPU)")
         return 1
@@ -160,8 +175,10 @@ def main() -> int:
         checkpoint = build_random_checkpoint(work / "tiny", "tiny")
         clips = [sliding_clip(work / f"{i}.mp4", colour) for i, colour in
                  enumerate([(230, 20, 20), (20, 210, 40), (30, 60, 240), (240, 220, 30)])]
-        inference_checks(checkpoint, clips)
-        training_check(checkpoint, clips, work)
+        inference_checks("tarsier", checkpoint, clips)
+        inference_checks("tarsier2", build_random_tarsier2_checkpoint(work / "tiny2"), clips)
+        if not args.no_training:
+            training_check(checkpoint, clips, work)
     print(f"\n{len(FAILURES)} failed" + (f": {', '.join(FAILURES)}" if FAILURES else ""))
     return len(FAILURES)
 

@@ -157,6 +157,32 @@ class DecodeSettings:
         return () if self.ignore_eos else self.eos_token_id
 
 
+COMPILED_CAPACITY_STEP = 1024  # KV cache lengths are rounded up to this under a compiled step
+
+
+def compile_decode_step(model: TarsierModel, mode: str = "reduce-overhead", fullgraph: bool = False) -> None:
+    """Compile the model's one-token decode forward with ``torch.compile`` (``reduce-overhead``: CUDA
+    graphs on GPUs), so a step costs its kernels rather than thousands of Python-side launches.
+
+    Prefill stays eager (its shapes change with every prompt). Each batch size and cache length
+    compiles once (tens of seconds for a 7B model): cache lengths are rounded up to a multiple of
+    ``COMPILED_CAPACITY_STEP`` and finished rows stay in their batch, so a job of similar videos
+    compiles once or twice. Chat sessions' own caches keep their lengths.
+    """
+    model.compiled_decode_step = torch.compile(model.forward, mode=mode, dynamic=False, fullgraph=fullgraph)
+
+
+def _decode_step(model: TarsierModel, **inputs: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, V]`` of the next token after one input token per row."""
+    compiled = getattr(model, "compiled_decode_step", None)
+    if compiled is None:
+        return model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+    # Embedded outside: the forward's media check reads a count back to the host, which would split the graph.
+    embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
+    torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed: replay over them
+    return compiled(inputs_embeds=embeds, **inputs, use_cache=True, logits_to_keep=1).logits[:, -1].clone()
+
+
 def prefill_rows_at_once(model: TarsierModel) -> bool:
     """Accelerators prefill the whole batch in one pass; CPUs go faster one row at a time (measured)."""
     return model.device.type != "cpu" or getattr(model, "hf_device_map", None) is not None
@@ -230,8 +256,15 @@ def decode(
     penalties = torch.tensor([row.repetition_penalty for row in per_row], dtype=torch.float32)
     longest = int(limits.max())
     past = cache.length if cache is not None else 0
+    # A compiled step replays one graph per batch shape, so its batch keeps finished rows (their tokens
+    # are computed and ignored) rather than recording a graph for every size the batch shrinks to.
+    compiled = getattr(model, "compiled_decode_step", None) is not None
+    finished = torch.zeros(batch, dtype=torch.bool)
     if cache is None:
-        cache = KVCache(model, batch, length + longest, allocate=not prefill_rows_at_once(model))
+        capacity = length + longest
+        if compiled:  # one graph serves every prompt length up to the next multiple of COMPILED_CAPACITY_STEP
+            capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
+        cache = KVCache(model, batch, capacity, allocate=not prefill_rows_at_once(model))
     if cache.capacity < past + length + longest:
         raise ValueError("the KV cache has no room for this turn; grow it with KVCache.with_capacity first")
     device = model.device
@@ -264,23 +297,26 @@ def decode(
         tokens = _sample(logits, samplers).cpu()
         if seen is not None:
             seen[torch.arange(len(tokens), device=device), tokens.to(device)] = True
-        yield dict(zip(rows.tolist(), tokens.tolist()))
-        running = ~(tokens[:, None] == eos).any(1) & (limits > step + 1)
+        yield {row: token for row, token, done in zip(rows.tolist(), tokens.tolist(), finished.tolist()) if not done}
+        running = ~finished & ~(tokens[:, None] == eos).any(1) & (limits > step + 1)
         if cancelled:
             running &= torch.tensor([row not in cancelled for row in rows.tolist()], dtype=torch.bool)
         if not running.all():
             if not running.any():
                 return
-            keep = running.nonzero().squeeze(1)
-            rows, tokens, limits, eos, penalties = rows[keep], tokens[keep], limits[keep], eos[keep], penalties[keep]
-            samplers = [samplers[index] for index in keep.tolist()]
-            on_device = keep.to(device)
-            mask, next_position = mask[on_device], next_position[on_device]
-            if seen is not None:
-                seen = cache.seen_ids = seen[on_device]
-            cache.keep_rows(on_device)
+            if compiled:
+                finished = ~running
+            else:
+                keep = running.nonzero().squeeze(1)
+                rows, tokens, limits, eos, penalties = rows[keep], tokens[keep], limits[keep], eos[keep], penalties[keep]
+                samplers = [samplers[index] for index in keep.tolist()]
+                on_device = keep.to(device)
+                mask, next_position = mask[on_device], next_position[on_device]
+                if seen is not None:
+                    seen = cache.seen_ids = seen[on_device]
+                cache.keep_rows(on_device)
+                finished = finished[keep]
         mask[:, past + length + step] = 1
-        out = model(input_ids=tokens[:, None].to(device), attention_mask=mask, position_ids=next_position[:, None],
-                    cache=cache.cache, use_cache=True, logits_to_keep=1)
+        logits = _decode_step(model, input_ids=tokens[:, None].to(device), attention_mask=mask,
+                              position_ids=next_position[:, None], cache=cache.cache)
         next_position = next_position + 1
-        logits = out.logits[:, -1]

@@ -122,8 +122,10 @@ class Describer:
         num_workers: int = 2,
         generation: GenerationSettings | None = None,
         progress: bool = True,
+        compile: bool = False,
     ) -> Describer:
-        loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, progress=progress)
+        loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, progress=progress,
+                                            compile=compile)
         return cls(loaded, processor, generation=generation, batch_size=batch_size, num_workers=num_workers)
 
     def prepare(self, request: DescribeRequest) -> PreparedRequest:

@@ -93,11 +93,13 @@ def load_model(
     folder = checkpoint_folder(name_or_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, "cuda" if device == "auto" else device)
+    # No hub kernels: transformers would fetch layer code from the hub at load time (and fail offline).
     try:
         if device == "auto":
-            model = TarsierForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype, device_map="auto")
+            model = TarsierForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype, device_map="auto",
+                                                                    use_kernels=False)
         else:
-            model = TarsierForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype).to(device)
+            model = TarsierForConditionalGeneration.from_pretrained(str(folder), dtype=torch_dtype, use_kernels=False).to(device)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{folder}: cannot load the weights ({type(exc).__name__}: {exc})") from None
     return model.eval()
@@ -151,16 +153,22 @@ def load_pretrained(
     max_n_frames: int | None = None,
     *,
     progress: bool = True,
+    compile: bool = False,
 ) -> tuple[TarsierForConditionalGeneration, TarsierProcessor]:
     """Model and processor from the same checkpoint, of either family (config.json says which).
 
     ``max_n_frames`` is the frames sampled per video; ``None`` is the family's default (8 for
-    Tarsier, 16 for Tarsier2). The frame count is checked before weights load.
+    Tarsier, 16 for Tarsier2). The frame count is checked before weights load. ``compile`` compiles
+    the decode step (:func:`tarsier.engine.compile_decode_step`: CUDA graphs, for long jobs on a GPU).
     """
     from tarsier.processor import TarsierProcessor
 
     folder = checkpoint_folder(name_or_path)
     check_frame_budget(folder, max_n_frames)
     model = load_model(folder, device, dtype, progress=progress)
+    if compile:
+        from tarsier.engine import compile_decode_step
+
+        compile_decode_step(model)
     processor = TarsierProcessor.from_pretrained(folder, max_n_frames=max_n_frames)
     return model, processor

@@ -297,3 +297,16 @@ def test_chat_commands_stay_local_and_version_is_printed(fast_checkpoint, videos
     assert [line for line in result.stdout.splitlines() if line.startswith("you> ")] == ["you> What?"]
     version = tarsier("--version")
     assert version.returncode == 0 and version.stdout.startswith("tarsier 0.")
+
+
+def test_compile_describes_a_batch_as_the_eager_engine_does():
+    """--compile (the decode step compiled; rows that end early stay in the batch) on the trained demo
+    model, whose clips get descriptions of different lengths: the same records as without it."""
+    samples = Path(__file__).parents[2] / "src" / "tarsier" / "assets" / "samples"
+    args = ["describe", samples / "shapes_1.mp4", samples / "shapes_2.mp4", samples / "shapes_3.mp4", "--model", "shapes-demo",
+            "--device", "cpu", "--batch-size", "3", "--json", "--no-progress"]
+    eager, compiled = tarsier(*args), tarsier(*args, "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    texts = [json.loads(line)["text"] for line in eager.stdout.splitlines()]
+    assert len(texts) == 3 and len({len(text) for text in texts}) > 1 and all(texts)
+    assert compiled.stdout == eager.stdout

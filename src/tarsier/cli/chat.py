@@ -11,6 +11,7 @@ from tarsier.cli.options import (
     add_window_options,
     check_model_options,
     generation_from_args,
+    load_from_args,
 )
 
 EXAMPLES = """examples:
@@ -52,12 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     media_kind(args.path)  # a bad path fails before the model loads
     from tarsier.generation import ChatSession
-    from tarsier.runtime import load_pretrained
 
     settings = generation_from_args(args)
-    model, processor = load_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames, progress=not args.no_progress
-    )
+    model, processor = load_from_args(args)
     frames = processor.load_media(args.path, None, args.start, args.end)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -13,6 +13,7 @@ from tarsier.cli.options import (
     add_model_options,
     check_model_options,
     generation_from_args,
+    load_from_args,
     warn_if_exposed,
 )
 from tarsier.serve.server import check_port_free
@@ -49,13 +50,10 @@ def run(args: argparse.Namespace) -> int:
     check_model_options(args)
     settings = generation_from_args(args)
     check_port_free(args.host, args.port)  # before minutes of loading a large model, not after
-    from tarsier.runtime import load_pretrained
     from tarsier.serve.demo import build_demo, launch_demo
     from tarsier.serve.scheduler import Scheduler
 
-    model, processor = load_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames, progress=not args.no_progress
-    )
+    model, processor = load_from_args(args)
     warn_if_exposed(args.host, "the demo")
     scheduler = Scheduler(model, processor)
     demo = build_demo(scheduler, processor, model_name=args.model, settings=settings)

@@ -14,6 +14,7 @@ from tarsier.cli.options import (
     add_window_options,
     check_model_options,
     generation_from_args,
+    load_from_args,
 )
 
 EXAMPLES = """examples:
@@ -66,10 +67,8 @@ def run(args: argparse.Namespace) -> int:
             raise
     from tarsier.inference import DescribeRequest, Describer
 
-    describer = Describer.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-        batch_size=args.batch_size, generation=generation_from_args(args), progress=not args.no_progress,
-    )
+    model, processor = load_from_args(args)
+    describer = Describer(model, processor, generation=generation_from_args(args), batch_size=args.batch_size)
     requests = [DescribeRequest(item.path, item.path, args.prompt, args.start, args.end) for item in items]
     if len(requests) == 1 and not args.json:
         try:

@@ -49,7 +49,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-frames", type=int, default=None,
                        help="frames sampled per video, first and last included (default: the model's, "
                             "8 for Tarsier-7b/34b and 16 for Tarsier2)")
+    group.add_argument("--compile", action="store_true",
+                       help="compile the decode step (torch.compile with CUDA graphs): on an H200, 4x faster steps for "
+                            "a 7B model after about 45 s of compiling per batch size; for long jobs on a GPU")
     group.add_argument("--no-progress", action="store_true", help="no progress bars (model loading, batches)")
+
+
+def load_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Model and processor as the model options say."""
+    from tarsier.runtime import load_pretrained
+
+    return load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
+                           progress=not args.no_progress, compile=args.compile)
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -157,11 +168,8 @@ def make_describer(args: argparse.Namespace, generation: Any) -> Any:
         settings = RaySettings(address=args.ray_address, replicas=args.replicas, gpus_per_replica=gpus,
                                decode_workers=args.decode_workers)
         return RayDescriber(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-                            batch_size=args.batch_size, generation=generation, settings=settings)
+                            batch_size=args.batch_size, generation=generation, settings=settings, compile=args.compile)
     from tarsier.inference import Describer
 
-    return Describer.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-        batch_size=args.batch_size, num_workers=args.num_workers, generation=generation,
-        progress=not args.no_progress,
-    )
+    model, processor = load_from_args(args)
+    return Describer(model, processor, generation=generation, batch_size=args.batch_size, num_workers=args.num_workers)

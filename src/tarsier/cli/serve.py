@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from tarsier.cli.options import add_bind_options, add_model_options, check_model_options, warn_if_exposed
+from tarsier.cli.options import add_bind_options, add_model_options, check_model_options, load_from_args, warn_if_exposed
 
 EXAMPLES = """examples:
   tarsier serve --model shapes-demo                       # http://127.0.0.1:8000/v1
@@ -95,10 +95,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def load():
-        from tarsier.runtime import load_pretrained
-
-        return load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
-                               progress=not args.no_progress)
+        return load_from_args(args)
 
     warn_if_exposed(args.host, "the server", "" if key else "; consider --api-key-env")
     print(f"tarsier: serving {config.model_name} at http://{args.host}:{args.port}/v1 (loading the model; "

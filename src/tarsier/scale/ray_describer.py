@@ -119,6 +119,7 @@ class _ReplicaConfig:
     batch_size: int
     generation: GenerationSettings
     threads: int  # torch threads of a CPU replica; 0 leaves torch's default
+    compile: bool = False  # the decode step (engine.compile_decode_step)
 
 
 class _Captioner:
@@ -139,7 +140,7 @@ class _Captioner:
         if config.threads > 0:
             torch.set_num_threads(config.threads)
         model, processor = load_pretrained(config.folder, device=config.device, dtype=config.dtype,
-                                           max_n_frames=config.max_n_frames, progress=False)
+                                           max_n_frames=config.max_n_frames, progress=False, compile=config.compile)
         self.describer = Describer(model, processor, config.generation, batch_size=config.batch_size, num_workers=0)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -166,7 +167,7 @@ class RayDescriber:
 
     def __init__(self, model: str, *, device: str | None = None, dtype: str | None = None, max_n_frames: int | None = None,
                  batch_size: int = 4, generation: GenerationSettings | None = None,
-                 settings: RaySettings | None = None):
+                 settings: RaySettings | None = None, compile: bool = False):
         from tarsier.checkpoints import checkpoint_folder
 
         self.folder = str(checkpoint_folder(model))  # a hub id is downloaded once, on the driver
@@ -174,6 +175,7 @@ class RayDescriber:
         self.batch_size = batch_size
         self.generation = generation or GenerationSettings()
         self.settings = settings or RaySettings()
+        self.compile = compile
 
     def run(self, requests: Iterable[DescribeRequest]) -> Iterator[DescribeResult]:
         ray = require_ray()
@@ -190,7 +192,8 @@ class RayDescriber:
             dataset = dataset.map(_decode_row, fn_kwargs={"folder": self.folder, "max_n_frames": self.max_n_frames},
                                   compute=ray.data.TaskPoolStrategy(size=settings.decode_workers), num_cpus=1)
             replica = _ReplicaConfig(self.folder, self.device, self.dtype, self.max_n_frames, self.batch_size,
-                                     self.generation, 0 if settings.gpus_per_replica else max(1, round(settings.cpus_per_replica)))
+                                     self.generation, 0 if settings.gpus_per_replica else max(1, round(settings.cpus_per_replica)),
+                                     self.compile)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 dataset = dataset.map_batches(
