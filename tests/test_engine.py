@@ -103,3 +103,31 @@ def test_models_load_without_hub_kernels(fast_checkpoint, monkeypatch):
     monkeypatch.setattr(TarsierForConditionalGeneration, "from_pretrained", classmethod(recording))
     load_model(fast_checkpoint, "cpu", "fp32", progress=False)
     assert seen["use_kernels"] is False
+
+
+def test_generation_never_emits_media_placeholders_or_padded_vocabulary_rows(loaded, monkeypatch):
+    """A model that prefers the ids that are not text (media placeholders, separators, the embedding
+    rows past the tokenizer) still gives, greedy and seeded-sampled alike, what it gives when they
+    carry no weight: those ids are masked in every step. Unmasked, the first step picked one and the
+    next step failed the whole batch ("input_ids hold 1 image patch slots but no pixel_values")."""
+    from tarsier.generation import GenerationSettings, generate_ids, vocab_end
+
+    model, processor = loaded
+    inputs = batch_inputs(processor)
+    settings = [GenerationSettings(max_new_tokens=10), GenerationSettings(max_new_tokens=10, temperature=2.0, top_k=0, seed=5),
+                GenerationSettings(max_new_tokens=10)]
+    plain = generate_ids(model, processor, inputs, settings).tolist()
+    width = model.get_output_embeddings().weight.shape[0]
+    banned = sorted(processor.non_text_ids) + list(range(vocab_end(processor.tokenizer), width))
+    assert processor.image_token_id in banned if hasattr(processor, "image_token_id") else 32000 in banned
+    forward = model.forward
+
+    def preferring_non_text(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        out.logits[..., banned] += 100.0
+        return out
+
+    monkeypatch.setattr(model, "forward", preferring_non_text)
+    tilted = generate_ids(model, processor, inputs, settings).tolist()
+    assert tilted == plain
+    assert not set(banned) & {token for row in tilted for token in row}

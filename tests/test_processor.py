@@ -242,3 +242,19 @@ def test_unsupported_media_items_are_media_errors(processor):
         processor(text=VIDEO_PROMPT, videos=[np.zeros((2, 32, 32, 3), dtype=np.uint8)])
     with pytest.raises(MediaError, match="frame file paths or PIL images, not int"):
         processor(text=VIDEO_PROMPT, videos=[["a.png", 3]])
+
+
+@pytest.mark.parametrize("family", ["tiny_checkpoint", "tarsier2_checkpoint"])
+def test_hugging_face_padding_options_are_taken_and_others_refused(family, request):
+    """HF examples call processor(text=[...], videos=[...], padding=True, return_tensors="pt")."""
+    processor = TarsierProcessor.from_pretrained(request.getfixturevalue(family), max_n_frames=2)
+    prompts = ["<video>\nDescribe the video in detail.", "<video>\nHi"]
+    videos = [[gradient_image(64, 48, 1)] * 2, [gradient_image(64, 48, 2)] * 2]
+    plain = processor(text=prompts, videos=videos)
+    for padding in (True, "longest"):
+        padded = processor(text=prompts, videos=videos, padding=padding, return_tensors="pt")
+        assert padded.keys() == plain.keys() and all(torch.equal(padded[k], plain[k]) for k in plain)
+    assert plain["attention_mask"][1, 0] == 0  # the shorter prompt is padded on the left
+    for padding in (False, "max_length", "do_not_pad"):
+        with pytest.raises(ValueError, match="padding=True or 'longest'"):
+            processor(text=prompts, videos=videos, padding=padding)

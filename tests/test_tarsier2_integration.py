@@ -1,6 +1,7 @@
 """Tarsier2 through the package's common paths: loading, the decode loop, the Describer and the CLI."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -42,10 +43,20 @@ def test_the_v1_entry_points_load_a_tarsier2_checkpoint(tarsier2_checkpoint, loa
     assert processor.eos_token_ids == (151645, 151643)  # generation_config.json's
 
 
-def test_the_frame_budget_does_not_apply_the_first_generation_s_601_positions(tarsier2_checkpoint):
+def test_tarsier2_frame_counts_have_a_ceiling_from_the_pixel_budget(tarsier2_checkpoint, capsys):
+    """Not the first generation's 601 positions per frame: the shared pixel budget. 28 frames of 601
+    positions would be refused for Tarsier; here they pass, 40 warn and 65 are refused."""
+    from tarsier import TarsierError
     from tarsier.runtime import check_frame_budget
 
-    check_frame_budget(tarsier2_checkpoint, 10_000)  # Tarsier2's processor caps a sample's pixels instead
+    check_frame_budget(tarsier2_checkpoint, 28)
+    assert capsys.readouterr().err == ""
+    check_frame_budget(tarsier2_checkpoint, 40)
+    assert "each of 40 frames gets about 485 x 485 pixels" in capsys.readouterr().err  # isqrt(18,874,368 / 80)
+    with pytest.raises(TarsierError, match=r"65 frames are too many: .* about 381 x 381 pixels; use at most 64 frames"):
+        check_frame_budget(tarsier2_checkpoint, 65)
+    with pytest.raises(TarsierError, match="use at most 64 frames"):
+        check_frame_budget(tarsier2_checkpoint, 100_000)
 
 
 @pytest.mark.parametrize("rows_at_once", [False, True], ids=["row-by-row-prefill", "batched-prefill"])
@@ -109,18 +120,39 @@ def test_describer_prompt_is_the_checkpoint_s_chat_template(loaded, media):
     assert prepared.media_inputs["image_grid_thw"].tolist() == [[3, 4, 4]]
 
 
-def test_describe_cli_describes_with_the_family_s_frames(tarsier2_checkpoint, media, capsys):
-    """In process: a JSON record (a random model's ids are mostly outside the tiny tokenizer, so the
-    text itself may be empty) and the streamed form both exit 0."""
+def test_describe_cli_describes_with_the_family_s_frames(tarsier2_checkpoint, media, capsys, tmp_path):
+    """In process, JSON and streamed: the text transformers' generate gives for the processor's
+    inputs, on the family's frames (16, first and last included; a 9-frame clip: each frame once).
+
+    The tiny tokenizer knows 370 of the embedding's 151,657 rows, so a random model mostly emits ids
+    that decode to nothing: this copy's head gives the unknown rows zero logits, so the text is real."""
     from tarsier.cli import main
 
-    args = ["--model", str(tarsier2_checkpoint), "--device", "cpu", "--max-new-tokens", "5", "--no-progress"]
+    model = Tarsier2ForConditionalGeneration.from_pretrained(tarsier2_checkpoint, dtype=torch.float32).eval()
+    processor = TarsierProcessor.from_pretrained(tarsier2_checkpoint)
+    known = sorted(processor.tokenizer.get_vocab().values())
+    with torch.no_grad():
+        unknown = torch.ones(model.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+        unknown[known] = False
+        model.get_output_embeddings().weight[unknown] = 0
+    checkpoint = tmp_path / "speaking"
+    shutil.copytree(tarsier2_checkpoint, checkpoint)
+    model.save_pretrained(checkpoint)
+
+    def expected(video):
+        inputs = processor(text="<video>\nDescribe the video in detail.", videos=[video])
+        with torch.inference_mode():
+            ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        return processor.tokenizer.decode(ids, skip_special_tokens=True)
+
+    args = ["--model", str(checkpoint), "--device", "cpu", "--max-new-tokens", "8", "--no-progress"]
     assert main(["describe", str(media["long"]), "--json", *args]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["error"] is None and isinstance(record["text"], str) and len(record["frames"]) == 16
+    assert record["error"] is None and record["frames"] == [round(i * 39 / 15) for i in range(16)]
+    assert record["text"] == expected(media["long"]) and record["text"].strip()
     assert main(["describe", str(media["medium"]), *args]) == 0
     out = capsys.readouterr()
-    assert out.out.endswith("\n") and out.err == ""
+    assert out.out == expected(media["medium"]) + "\n" and out.out.strip() and out.err == ""
 
 
 def test_max_frames_defaults_to_the_family_s_without_loading_weights(tarsier2_checkpoint, fast_checkpoint):

@@ -117,6 +117,16 @@ class Sampler:
         return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=self._generator).squeeze(1)
 
 
+def banned_logits(settings: Sequence[DecodeSettings], vocab: int, device: torch.device) -> torch.Tensor | None:
+    """A ``[vocab]`` mask of the ids no row may emit (every row's banned ids and padded rows), or None."""
+    banned = torch.zeros(vocab, dtype=torch.bool)
+    for row in settings:
+        banned[[i for i in row.banned_ids if 0 <= i < vocab]] = True
+        if row.vocab_end is not None:
+            banned[row.vocab_end :] = True
+    return banned.to(device) if banned.any() else None
+
+
 def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
     """transformers' repetition penalty (in float32, as ``generate`` applies it): the logit of an id
     already in a row's sequence is divided by the row's penalty, or multiplied when negative."""
@@ -146,6 +156,10 @@ class DecodeSettings:
     sampler: Sampler
     ignore_eos: bool = False  # benchmarks: always run max_new_tokens steps
     repetition_penalty: float = 1.0  # 1: none; over 1 discourages ids already in the sequence (prompt included)
+    # Ids that are not text and must never be emitted (media placeholders), and where text ids end
+    # (the embedding's rows past it are padding). Greedy and sampling alike never pick them.
+    banned_ids: tuple[int, ...] = ()
+    vocab_end: int | None = None
 
     def __post_init__(self) -> None:
         ids = self.eos_token_id
@@ -282,6 +296,7 @@ def decode(
     cache.rope_deltas = deltas
     next_position = mask.sum(-1) + deltas[:, 0]
     logits = _prefill(model, input_ids, mask, positions, media, cache)
+    banned = banned_logits(per_row, logits.shape[-1], device)
     seen = None
     if (penalties != 1).any():  # the prompt's attended ids (and a continued chat's earlier ones) count
         counts = torch.zeros(batch, logits.shape[-1], dtype=torch.int32, device=device)
@@ -292,6 +307,8 @@ def decode(
 
     rows = torch.arange(batch)
     for step in range(longest):
+        if banned is not None:
+            logits = logits.masked_fill(banned, float("-inf"))
         if seen is not None:
             logits = penalise_repeats(logits, seen, penalties)
         tokens = _sample(logits, samplers).cpu()

@@ -7,6 +7,8 @@ tokens only, so an item decodes the same alone or in a batch.
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,12 @@ class GenerationSettings:
     top_k: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise TarsierError(f"{name} must be a finite number, got {value}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise TarsierError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if self.max_new_tokens < 1:
             raise TarsierError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -72,7 +80,20 @@ class GenerationSettings:
             sampler=Sampler(self.temperature, self.top_p, self.seed, top_k),
             ignore_eos=self.ignore_eos,
             repetition_penalty=penalty,
+            banned_ids=tuple(sorted(processor.non_text_ids)),
+            vocab_end=vocab_end(processor.tokenizer),
         )
+
+
+_VOCAB_ENDS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def vocab_end(tokenizer: Any) -> int:
+    """One past the tokenizer's largest id: the embedding rows from there on are padding, never text
+    (Tarsier-7b's tokenizer ends at 32001 and its embedding at 32064)."""
+    if tokenizer not in _VOCAB_ENDS:
+        _VOCAB_ENDS[tokenizer] = max(tokenizer.get_vocab().values()) + 1
+    return _VOCAB_ENDS[tokenizer]
 
 
 # Inputs decode() takes by name; any other entry of a processor's output is a further media input.

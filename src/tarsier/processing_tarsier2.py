@@ -44,6 +44,7 @@ from tarsier.model.configuration_tarsier2 import Tarsier2Config
 from tarsier.processor import (
     ItemInputs,
     MediaItem,
+    check_call_options,
     collate_items,
     frames_in_memory,
     left_pad,
@@ -435,6 +436,7 @@ class Tarsier2Processor:
         n_frames: int | None = None,
         start_time: float | None = None,
         end_time: float | None = None,
+        padding: bool | str = True,
     ) -> BatchFeature:
         """Model inputs for one prompt or a batch, each with at most one video/image.
 
@@ -444,8 +446,7 @@ class Tarsier2Processor:
         (left-padded), plus ``pixel_values`` and ``image_grid_thw`` (one row per media item, in
         prompt order) when there is media.
         """
-        if return_tensors not in ("pt", None):
-            raise ValueError("Tarsier2Processor returns PyTorch tensors only (return_tensors='pt')")
+        check_call_options(type(self).__name__, return_tensors, padding)
         texts = [text] if isinstance(text, str) else list(text)
         items = media_per_prompt(videos if videos is not None else images, len(texts))
         prepared = [
@@ -561,6 +562,12 @@ class Tarsier2Processor:
     def media_token_ids(self) -> frozenset[int]:
         """Ids of a media block: a sample cut to a length limit must not cut into them."""
         return frozenset((self.vision_start_id, self.image_token_id, self.vision_end_id))
+
+    @property
+    def non_text_ids(self) -> frozenset[int]:
+        """Ids generation never emits: the media blocks' ids and the other vision placeholders."""
+        others = (self.tokenizer.convert_tokens_to_ids(token) for token in ("<|video_pad|>", "<|vision_pad|>"))
+        return self.media_token_ids | {token for token in others if token is not None}
 
     def media_token_count(self, media: Mapping[str, torch.Tensor]) -> int:
         """How many prompt ids the media inputs fill (``<|image_pad|>`` slots)."""

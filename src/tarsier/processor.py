@@ -446,6 +446,11 @@ class TarsierProcessor:
         """Ids that belong to a frame's layout: a sample cut to a length limit must not cut into them."""
         return frozenset(self.layout.frame_token_ids)
 
+    @property
+    def non_text_ids(self) -> frozenset[int]:
+        """Ids generation never emits: ``<image>`` and the row and frame separators (32002, 32003)."""
+        return self.media_token_ids
+
     # -- text -------------------------------------------------------------------------------------
     def format_prompt(self, prompt: str, n_frames: int, source: str | None = None) -> str:
         return format_prompt(prompt, n_frames, source)
@@ -483,6 +488,7 @@ class TarsierProcessor:
         n_frames: int | None = None,
         start_time: float | None = None,
         end_time: float | None = None,
+        padding: bool | str = True,
     ) -> BatchFeature:
         """Model inputs for one prompt or a batch of prompts, each with its own video/image.
 
@@ -491,10 +497,10 @@ class TarsierProcessor:
         item is a video/GIF/image path, a frame folder, a PIL image, :class:`SampledFrames`, or ONE
         video given as its frames: a nested list of frame files or of PIL images
         (``videos=[["f1.jpg", "f2.jpg"]]``). Nothing is guessed from file extensions. A single
-        prompt may also take its item unwrapped (``videos="clip.mp4"``).
+        prompt may also take its item unwrapped (``videos="clip.mp4"``). ``padding`` takes Hugging
+        Face's ``True`` / ``"longest"``: a batch is always left-padded to its longest prompt.
         """
-        if return_tensors not in ("pt", None):
-            raise ValueError("TarsierProcessor returns PyTorch tensors only (return_tensors='pt')")
+        check_call_options(type(self).__name__, return_tensors, padding)
         texts = [text] if isinstance(text, str) else list(text)
         items = media_per_prompt(videos if videos is not None else images, len(texts))
 
@@ -580,6 +586,15 @@ def frames_in_memory(media: MediaItem) -> SampledFrames | None:
         f"unsupported media item of type {type(media).__name__}; pass a path, a folder, "
         "a list of frame files, a PIL image, a list of PIL images or SampledFrames"
     )
+
+
+def check_call_options(processor: str, return_tensors: str | None, padding: bool | str) -> None:
+    """The Hugging Face call options a processor takes: PyTorch tensors, batches padded to the longest prompt."""
+    if return_tensors not in ("pt", None):
+        raise ValueError(f"{processor} returns PyTorch tensors only (return_tensors='pt')")
+    if padding is not True and padding != "longest":
+        raise ValueError(f"{processor} always left-pads a batch to its longest prompt: padding=True or 'longest', "
+                         f"not {padding!r}")
 
 
 def media_per_prompt(media: Any, n_prompts: int) -> list[Any]:

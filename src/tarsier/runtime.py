@@ -116,9 +116,11 @@ def check_frame_budget(folder: str | os.PathLike, n_frames: int | None) -> None:
     """Refuse (or warn, with the numbers) when ``n_frames`` cannot sensibly fit the model's context.
 
     Runs on ``config.json`` alone, before weights load or any video is decoded. ``None`` is the
-    family's default frame count. Only first-generation checkpoints are checked: each of their
-    frames takes a fixed number of positions, whereas Tarsier2's processor shares one pixel budget
-    among a sample's frames (about 12,000 positions in all, a third of its 32,768-position context).
+    family's default frame count. A first-generation frame takes a fixed 601 positions, so the
+    context decides. Tarsier2's processor shares one pixel budget among a sample's frames (about
+    12,000 positions in all, a third of its 32,768-position context), so more frames never overflow
+    the context but each gets fewer pixels: past 32 frames it warns, past 64 (each frame under
+    384 x 384 pixels) it refuses.
     """
     import sys
 
@@ -126,6 +128,7 @@ def check_frame_budget(folder: str | os.PathLike, n_frames: int | None) -> None:
     from tarsier.processor import TarsierProcessor, checkpoint_family
 
     if checkpoint_family(folder) == "tarsier2":
+        check_tarsier2_frames(n_frames)
         return
     n_frames = TarsierProcessor.default_n_frames if n_frames is None else n_frames
     config = TarsierConfig.from_pretrained(str(folder))
@@ -144,6 +147,28 @@ def check_frame_budget(folder: str | os.PathLike, n_frames: int | None) -> None:
             f"over {WARN_CONTEXT}x the {context:,} this model was trained on; descriptions may degrade",
             file=sys.stderr,
         )
+
+
+TARSIER2_WARN_FRAMES = 32
+TARSIER2_MAX_FRAMES = 64
+
+
+def check_tarsier2_frames(n_frames: int | None) -> None:
+    """Tarsier2's frame ceiling (see :func:`check_frame_budget`), with the pixels each frame would get."""
+    import math
+    import sys
+
+    from tarsier.processing_tarsier2 import FrameRules
+
+    if n_frames is None or n_frames <= TARSIER2_WARN_FRAMES:
+        return
+    rules = FrameRules()
+    side = math.isqrt(rules.max_pixels_per_sample // (2 * n_frames))  # each frame is fed twice
+    shared = (f"Tarsier2 shares {rules.max_pixels_per_sample:,} pixels among a video's frames (each fed twice), "
+              f"so each of {n_frames} frames gets about {side} x {side} pixels")
+    if n_frames > TARSIER2_MAX_FRAMES:
+        raise TarsierError(f"{n_frames} frames are too many: {shared}; use at most {TARSIER2_MAX_FRAMES} frames")
+    print(f"tarsier: warning: {shared}; descriptions may degrade", file=sys.stderr)
 
 
 def load_pretrained(

@@ -71,6 +71,8 @@ def test_describe_json_over_a_folder_reports_bad_files_and_goes_on(fast_checkpoi
         (["--device", "tpu9"], "unknown device 'tpu9'"),
         (["--dtype", "int3"], "unknown dtype 'int3'"),
         (["--max-frames", "0"], "--max-frames must be at least 1"),
+        (["--start", "-3"], "--start must be 0 or more seconds"),
+        (["--start", "5", "--end", "2"], "must be after --start"),
     ],
 )
 def test_bad_options_are_one_line_errors(fast_checkpoint, videos, args, message):
@@ -100,6 +102,7 @@ def test_caption_writes_jsonl_and_resumes_without_duplicates(fast_checkpoint, vi
     good = {r["path"]: r for r in records if not r["error"]}
     assert all(r["text"] and r["model"] == str(fast_checkpoint) and len(r["frames"]) == 3 for r in good.values())
     assert "captioning" in first.stderr  # progress bar
+    assert first.stdout == "" and "tarsier: error:" in first.stderr and "broken.mp4" in first.stderr  # errors on stderr
 
     # Simulate a crash: drop the last record and leave a torn line behind.
     lines = output.read_text().splitlines(keepends=True)
@@ -172,6 +175,35 @@ def test_caption_keys_items_by_window_and_prompt_not_by_path(fast_checkpoint, vi
     assert "4 inputs, 0 already in" in third.stderr and "1 to caption" in third.stderr
 
 
+def test_a_file_is_one_item_however_its_path_is_spelled(fast_checkpoint, videos, tmp_path, monkeypatch):
+    """A folder run, then a list naming the same files as ./videos/x, by absolute path and from the
+    list's own folder, into one output: nothing is captioned twice."""
+    from tarsier.cli.inputs import MediaInput
+
+    work = tmp_path / "work"
+    shutil.copytree(videos, work / "videos")
+    (work / "videos" / "broken.mp4").unlink()
+    (work / "lists").mkdir()
+    (work / "lists" / "clips.txt").write_text(f"../videos/clip0.mp4\n{work / 'videos' / 'clip1.mp4'}\n")
+    (work / "more.txt").write_text("./videos/clip2.mp4\nvideos//clip0.mp4\n")
+    monkeypatch.chdir(work)
+    output = work / "captions.jsonl"
+    first = tarsier("caption", "videos", "--output", output, *model_args(fast_checkpoint))
+    assert first.returncode == 0 and "3 to caption" in first.stderr, first.stderr
+    for listing in ("lists/clips.txt", "more.txt"):
+        again = tarsier("caption", listing, "--output", output, *model_args(fast_checkpoint))
+        assert again.returncode == 0 and "0 to caption" in again.stderr, again.stderr
+    assert len(output.read_text().splitlines()) == 3
+
+    # an output written when keys took the path as spelled still resumes under another spelling
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    for record in records:
+        record["key"] = MediaInput(record["path"]).spelled_key(record["path"], 3)
+    output.write_text("".join(json.dumps(record) + "\n" for record in records))
+    old = tarsier("caption", "more.txt", "--output", output, *model_args(fast_checkpoint))
+    assert old.returncode == 0 and "2 inputs, 2 already in" in old.stderr, old.stderr
+
+
 def test_caption_resumes_an_output_written_before_keys_existed(fast_checkpoint, videos, tmp_path):
     output = tmp_path / "old.jsonl"
     output.write_text(json.dumps({"path": str(videos / "clip0.mp4"), "text": "old", "error": None}) + "\n")
@@ -195,17 +227,28 @@ def test_caption_refuses_an_output_that_another_process_writes(videos, tmp_path)
     assert result.stderr.count("\n") == 1 and not output.exists()
 
 
-@pytest.mark.parametrize("where", ["file-as-shard-folder", "proc", "under-a-file"])
+@pytest.mark.parametrize("where", ["file-as-shard-folder", "proc", "under-a-file", "typo"])
 def test_caption_checks_the_output_before_loading_a_model(videos, tmp_path, where):
     (tmp_path / "file").write_text("")
     output = {
-        "file-as-shard-folder": tmp_path / "file",  # no .jsonl: a folder of shards, but a file is there
+        "file-as-shard-folder": tmp_path / "file",  # neither NAME.jsonl nor a folder
+        "typo": tmp_path / "captions.json",  # once became a folder of shards without a word
         "proc": Path("/proc/x.jsonl"),
         "under-a-file": tmp_path / "file" / "x.jsonl",
     }[where]
     result = tarsier("caption", videos, "--output", output, "--model", "nobody/nothing")  # never loaded
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and str(output) in result.stderr
+    assert not (tmp_path / "captions.json").exists()
+
+
+def test_merge_writes_only_a_jsonl_file(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-1-a-00000.jsonl").write_text('{"key": "a", "text": "x"}\n')
+    result = tarsier("merge", tmp_path / "shards", "--output", tmp_path / "all.csv")
+    assert result.returncode == 2 and "name the output NAME.jsonl" in result.stderr and not (tmp_path / "all.csv").exists()
+    assert tarsier("merge", tmp_path / "shards", "--output", tmp_path / "all.jsonl").returncode == 0
+    assert json.loads((tmp_path / "all.jsonl").read_text()) == {"key": "a", "text": "x"}
 
 
 def test_caption_rerun_counts_recorded_failures_and_names_retry_errors(fast_checkpoint, videos, tmp_path):
@@ -273,6 +316,19 @@ def test_a_lone_missing_input_still_gets_its_json_record(videos, tmp_path):
     assert text.stdout == "" and text.stderr == as_json.stderr == f"tarsier: error: {missing}: file not found\n"
 
 
+def test_a_lone_corrupt_input_exits_2_with_nothing_on_stdout_but_its_json_record(fast_checkpoint, videos):
+    broken = videos / "broken.mp4"
+    text = tarsier("describe", broken, *model_args(fast_checkpoint))
+    as_json = tarsier("describe", broken, "--json", *model_args(fast_checkpoint))
+    assert text.returncode == as_json.returncode == 2, (text.stderr, as_json.stderr)
+    assert text.stdout == ""  # no blank line for a reply that never came
+    record = json.loads(as_json.stdout)
+    assert record["path"] == str(broken) and record["text"] is None and "broken.mp4" in record["error"]
+    for result in (text, as_json):
+        errors = [line for line in result.stderr.splitlines() if line.startswith("tarsier: error:")]
+        assert len(errors) == 1 and "broken.mp4" in errors[0] and "Traceback" not in result.stderr
+
+
 def test_no_progress_hides_the_weight_loading_bar(fast_checkpoint, videos):
     shown = tarsier("describe", videos / "clip0.mp4", *model_args(fast_checkpoint))
     hidden = tarsier("describe", videos / "clip0.mp4", "--no-progress", *model_args(fast_checkpoint))
@@ -310,3 +366,13 @@ def test_compile_describes_a_batch_as_the_eager_engine_does():
     texts = [json.loads(line)["text"] for line in eager.stdout.splitlines()]
     assert len(texts) == 3 and len({len(text) for text in texts}) > 1 and all(texts)
     assert compiled.stdout == eager.stdout
+
+
+def test_bench_list_piped_keeps_whole_lines():
+    from tarsier.eval.benchmarks import BENCHMARKS
+
+    result = tarsier("bench", "list")  # stdout is a pipe here
+    assert result.returncode == 0 and "…" not in result.stdout
+    for benchmark in BENCHMARKS:
+        for name in benchmark.annotation_files:
+            assert name in result.stdout

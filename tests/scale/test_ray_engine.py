@@ -53,7 +53,7 @@ def in_process(fast_checkpoint, clips, tmp_path_factory):
 
 def test_ray_captions_each_input_once_with_the_in_process_text(fast_checkpoint, clips, in_process, local_ray, tmp_path):
     output = tmp_path / "captions"
-    status = main(["caption", str(clips / "list.txt"), "--output", str(output), *model_args(fast_checkpoint), *RAY,
+    status = main(["caption", str(clips / "list.txt"), "--output", f"{output}/", *model_args(fast_checkpoint), *RAY,
                    "--shard-size", "7"])
     assert status == 1  # three inputs failed, and said so
     records = read_shard_records(output)
@@ -67,7 +67,7 @@ def test_ray_captions_each_input_once_with_the_in_process_text(fast_checkpoint, 
     assert set(errors) == {"corrupt.mp4", "empty.mp4", "missing.mp4"}
     assert "not found" in errors["missing.mp4"]
     # a rerun has nothing left to do
-    assert main(["caption", str(clips / "list.txt"), "--output", str(output), *model_args(fast_checkpoint), *RAY]) == 0
+    assert main(["caption", str(clips / "list.txt"), "--output", f"{output}/", *model_args(fast_checkpoint), *RAY]) == 0
     assert len(read_shard_records(output)) == 20
     merged = tmp_path / "merged.jsonl"
     assert main(["merge", str(output), "--output", str(merged)]) == 0
@@ -81,7 +81,7 @@ def test_a_tarsier2_checkpoint_captions_with_ray_as_in_process(tarsier2_checkpoi
     manifest.write_text("".join(f"{clips / f'clip{index:02d}.mp4'}\n" for index in (0, 1, 4)))
     args = ["--model", str(tarsier2_checkpoint), "--device", "cpu", "--max-new-tokens", "4", "--no-progress"]
     assert main(["caption", str(manifest), "--output", str(tmp_path / "local.jsonl"), *args]) == 0
-    assert main(["caption", str(manifest), "--output", str(tmp_path / "ray"), *args, *RAY]) == 0
+    assert main(["caption", str(manifest), "--output", f"{tmp_path / 'ray'}/", *args, *RAY]) == 0
     local = by_key(json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines())
     distributed = by_key(read_shard_records(tmp_path / "ray"))
     assert distributed.keys() == local.keys() and len(local) == 3
@@ -108,7 +108,7 @@ def test_every_manifest_format_gives_the_same_items(fast_checkpoint, clips, in_p
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = f"file://{manifest}" if kind == "file-uri" else str(manifest)
     output = tmp_path / "out"
-    main(["caption", source, "--output", str(output), *model_args(fast_checkpoint), *RAY])
+    main(["caption", source, "--output", f"{output}/", *model_args(fast_checkpoint), *RAY])
     records = by_key(read_shard_records(output))
     assert len(records) == 3
     for record in records.values():

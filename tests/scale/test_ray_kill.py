@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tarsier.scale.local_ray import RUNS, _alive, _read
 from tarsier.scale.shards import read_shard_records, shard_files
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
@@ -23,7 +24,7 @@ TARSIER = str(Path(sys.executable).with_name("tarsier"))
 
 def test_a_driver_killed_mid_run_loses_and_repeats_nothing(fast_checkpoint, clips, in_process, tmp_path):
     output = tmp_path / "captions"
-    command = [TARSIER, "caption", str(clips / "list.txt"), "--output", str(output), *model_args(fast_checkpoint),
+    command = [TARSIER, "caption", str(clips / "list.txt"), "--output", f"{output}/", *model_args(fast_checkpoint),
                *RAY, "--shard-size", "3"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -34,7 +35,13 @@ def test_a_driver_killed_mid_run_loses_and_repeats_nothing(fast_checkpoint, clip
     process.wait(30)
     done_before = len(read_shard_records(output))
     assert 0 < done_before < 20
+    # what the killed driver's local Ray left running: the rerun stops it (and removes its record)
+    [record] = [folder for folder in RUNS.glob("run-*") if _read(folder) and _read(folder)[0][0] == process.pid]
+    left = _read(record)[1:]
+    assert any(_alive(pid, start) for pid, start in left)  # Ray did not go with its driver
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert not record.exists() and not any(_alive(pid, start) for pid, start in left)
+    assert not list(RUNS.glob("run-*"))  # the rerun, ended normally, stopped its own Ray too
     assert rerun.returncode in (0, 1), rerun.stderr  # 1 when a bad input was among those left
     assert f"20 inputs, {done_before} already in {output}, {20 - done_before} to caption" in rerun.stderr
     records = read_shard_records(output)

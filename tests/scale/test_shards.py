@@ -2,6 +2,10 @@
 
 import json
 
+import pytest
+
+from tarsier.errors import TarsierError
+
 from tarsier.scale.shards import (
     ShardWriter,
     drop_shard_records,
@@ -47,6 +51,10 @@ def test_drop_and_merge_keep_one_line_per_key(tmp_path):
     assert [r["key"] for r in lines] == ["c", "b", "a"] and lines[-1]["text"] == "new"
 
 
-def test_outputs_without_jsonl_are_folders():
-    assert is_shard_folder("captions/") and is_shard_folder("runs/captions")
+def test_an_output_is_a_jsonl_file_or_a_folder_and_nothing_is_guessed(tmp_path):
+    (tmp_path / "existing").mkdir()
+    assert is_shard_folder("captions/") and is_shard_folder(str(tmp_path / "existing"))
     assert not is_shard_folder("captions.jsonl") and not is_shard_folder("CAPTIONS.JSONL")
+    for unclear in ("typo.json", "runs/captions", "out.csv"):
+        with pytest.raises(TarsierError, match=r"write NAME.jsonl for one file, or a folder of shards"):
+            is_shard_folder(unclear)

@@ -221,10 +221,10 @@ def test_concurrent_requests_are_batched_and_match_each_alone(loaded, media):
         assert response.choices[0].model_extra["token_ids"] == expected
 
 
-def post(url, body, **kwargs):
+def post(url, body, headers=None, timeout=60):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(f"{url}/v1/chat/completions", content=data, headers={"content-type": "application/json"},
-                      timeout=60, **kwargs)
+    return httpx.post(f"{url}/v1/chat/completions", content=data, headers={"content-type": "application/json", **(headers or {})},
+                      timeout=timeout)
 
 
 def chat_body(url_or_messages, **extra):
@@ -262,6 +262,18 @@ def chat_body(url_or_messages, **extra):
         (chat_body([{"role": "user", "content": [{"type": "audio", "audio": {}}]}]), 400, "unsupported content part"),
         (chat_body([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]), 400, "last message"),
         (chat_body([{"role": "user", "content": "x " * 5000}]), 400, "over this server's limit"),
+        (chat_body("clip\x00.mp4"), 400, "NUL byte"),
+        (b'{"model": "tiny-test", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nests JSON"),
+        (b'{"model": "tiny-test", "extra": ' + b"[" * 100_000 + b"]" * 100_000
+         + b', "messages": [{"role": "user", "content": "hi"}]}', 400, "nests JSON"),
+        (b'{"model": "tiny-test", "extra": ' + b'{"a": ' * 40 + b"1" + b"}" * 40
+         + b', "messages": [{"role": "user", "content": "hi"}]}', 400, "more than 32 levels"),
+        (chat_body("clip.mp4", end_time=float("inf")), 400, "end_time must be a finite number"),
+        (chat_body("clip.mp4", start_time=float("nan")), 400, "start_time must be a finite number"),
+        (chat_body("clip.mp4", start_time=-3), 400, "start_time must be 0 or more"),
+        (chat_body("clip.mp4", repetition_penalty=float("nan")), 400, "repetition_penalty must be a finite number"),
+        (chat_body("clip.mp4", seed=10**30), 400, "seed must be between 0 and"),
+        (chat_body("clip.mp4", seed=-1), 400, "seed must be between 0 and"),
     ],
     ids=lambda value: None if not isinstance(value, int) else str(value),
 )
@@ -300,6 +312,24 @@ def test_api_key_is_required_everywhere_but_health(loaded, media):
             client(url, "wrong").chat.completions.create(model=MODEL, messages=video_message("clip.mp4"), max_tokens=2)
         ok = client(url, "s3cret").chat.completions.create(model=MODEL, messages=video_message("clip.mp4"), max_tokens=2)
         assert ok.usage.completion_tokens >= 1
+
+
+def test_refusals_before_a_route_are_counted_and_the_bearer_scheme_is_any_case(loaded, media):
+    with live_server(loaded, api_key="s3cret", media=MediaPolicy(media_root=media[0]), max_body_bytes=50_000) as (url, _):
+        key = {"authorization": "Bearer s3cret"}
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "BEARER  s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "Basic s3cret"}).status_code == 401
+        assert post(url, chat_body("clip.mp4")).status_code == 401
+        assert post(url, b"x" * 60_000, headers=key).status_code == 413
+        # a web page may POST text/plain to any address without asking first: refused
+        plain = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(chat_body("clip.mp4")),
+                           headers={**key, "content-type": "text/plain"}, timeout=60)
+        assert plain.status_code == 415 and "application/json" in plain.json()["error"]["message"]
+        assert post(url, chat_body("clip.mp4"), headers=key).status_code == 200
+        metrics = httpx.get(f"{url}/metrics", headers=key).text
+    for status, count in (("401", 2), ("413", 1), ("415", 1), ("200", 1)):
+        assert f'tarsier_requests_total{{status="{status}"}} {count}' in metrics, metrics
 
 
 def test_oversized_body_and_media_get_413(loaded, media):
@@ -348,6 +378,24 @@ def test_a_client_that_leaves_mid_stream_frees_its_place(loaded, media):
         assert 'tarsier_requests_total{status="499"} 1' in httpx.get(f"{url}/metrics").text
 
 
+def test_a_non_streaming_client_that_leaves_is_noticed_and_its_row_stops(loaded, media):
+    """A real client gives up on a long non-streaming reply and closes its connection: the server
+    answers 499 in /metrics and the row leaves the batch long before its 2,000 tokens."""
+    with live_server(loaded, media=MediaPolicy(media_root=media[0]), max_tokens=2000) as (url, app):
+        with pytest.raises(httpx.ReadTimeout):
+            post(url, chat_body([{"role": "user", "content": "Tell me a very long story."}], max_tokens=2000), timeout=1.5)
+        scheduler = app.state.tarsier["scheduler"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and 'status="499"' not in httpx.get(f"{url}/metrics").text:
+            time.sleep(0.1)
+        metrics = httpx.get(f"{url}/metrics").text
+        time.sleep(0.5)
+        generated = scheduler.stats.generated_tokens
+        time.sleep(0.5)
+        assert 'tarsier_requests_total{status="499"} 1' in metrics, metrics
+        assert 0 < generated < 1000 and scheduler.stats.generated_tokens == generated  # stopped, not running on
+
+
 def test_stop_strings_end_the_reply_before_them(server, loaded):
     url, _ = server
     messages = [{"role": "user", "content": "Say something."}]
@@ -391,13 +439,13 @@ def test_sigterm_drains_requests_in_progress_and_refuses_new_ones(fast_checkpoin
                 next(lines)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
-            refused = None
-            try:
-                refused = post(url, chat_body("clip.mp4")).status_code
-            except httpx.TransportError:
-                refused = "connection refused"
+            # still listening while it drains: a load balancer sees it go, clients are told to retry
+            refused = post(url, chat_body("clip.mp4"))
+            health = httpx.get(f"{url}/health", timeout=10)
             rest = [line for line in lines if line.startswith("data: ")]
-        assert refused in (503, "connection refused")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "shutting down" in refused.json()["error"]["message"]
+        assert health.status_code == 503 and health.json() == {"status": "draining"}
         assert rest[-1] == "data: [DONE]"
         finish = [json.loads(line[6:])["choices"][0]["finish_reason"] for line in rest[:-1] if json.loads(line[6:])["choices"]]
         assert finish[-1] in ("stop", "length")

@@ -103,8 +103,11 @@ def test_answers_stream_on_the_model_thread_and_match_a_direct_chat_session(call
 
 def test_user_mistakes_become_a_status_line_not_an_exception(callbacks, corrupt_video, tmp_path):
     conversation, gallery, chat, status = callbacks.load(str(corrupt_video), N_FRAMES)
-    assert (conversation, gallery, chat) == (None, [], [])
+    assert (conversation.frames, gallery, chat) == (None, [], [])
     assert status.startswith("⚠️ bad.mp4: cannot") and str(tmp_path) not in status  # the name, not the temp path
+    # asking with the bad file still in the box says what is wrong with it, not "upload a video"
+    assert list(callbacks.ask("What happens?", *GREEDY, conversation)) == [("What happens?", [], status)]
+    assert callbacks.restart(conversation) == ([], status)
     notes = tmp_path / "notes.txt"
     notes.write_text("not media")
     assert "unsupported file type" in callbacks.load(str(notes), N_FRAMES)[3]
@@ -246,6 +249,10 @@ def test_the_page_in_a_headless_browser(chromium, demo_url, engine, corrupt_vide
     page.locator("#media input[type=file]").set_input_files(corrupt_video)
     expect(page.locator("#status")).to_contain_text("bad.mp4: cannot open as a video")
     expect(page.locator("#gallery img")).to_have_count(0)
+    page.locator("#question textarea").fill("What happens?")
+    page.locator("#question textarea").press("Enter")
+    expect(page.locator("#status")).not_to_contain_text("Upload a video")
+    expect(page.locator("#status")).to_contain_text("bad.mp4: cannot open as a video")
     assert "Traceback" not in page.content()
     assert outside == []
     page.close()

@@ -130,3 +130,41 @@ def test_a_batch_waits_for_requests_still_decoding_their_media(loaded):
         assert scheduler.in_flight == 0 and scheduler.preparing_count == 0
     finally:
         scheduler.close()
+
+
+def test_a_failing_row_ends_alone_and_the_others_finish_as_they_would_have(loaded, monkeypatch):
+    """A batch that fails mid-decode: each unfinished row goes on alone from the tokens it has sent;
+    the row that fails alone too gets its own error, the others their full greedy replies."""
+    model, processor = loaded
+    prompts = [("Hello there", 12), ("Tell me about zebras", 12), ("What is in the video?", 12), ("Tell me a story", 12)]
+    ids = [set(processor.encode_prompt(processor.format_prompt(prompt, 0), 0)) for prompt, _ in prompts]
+    poison = next(iter(ids[1] - ids[0] - ids[2] - ids[3]))  # a token only the second prompt holds
+    expected = [alone(loaded, prompt, tokens) for prompt, tokens in prompts]
+    forward, steps = model.forward, [0]
+
+    def failing(*args, input_ids=None, **kwargs):
+        if input_ids is not None and input_ids.shape[0] > 1 and input_ids.shape[1] == 1:
+            steps[0] += 1
+            if steps[0] == 5:
+                raise RuntimeError("boom in the batch")
+        alone_prefill = input_ids is not None and input_ids.shape[0] == 1 and input_ids.shape[1] > 1
+        if steps[0] >= 5 and alone_prefill and (input_ids == poison).any():  # after the batch failed
+            raise RuntimeError("boom in the poisoned row")
+        return forward(*args, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", failing)
+    scheduler = Scheduler(*loaded, max_batch_size=4, batch_wait_ms=500)
+    try:
+        records = [Recorder() for _ in prompts]
+        for record, (prompt, tokens) in zip(records, prompts):
+            scheduler.submit(record.job(loaded, prompt, tokens))
+        for record in records:
+            assert record.ended.wait(60)
+    finally:
+        scheduler.close()
+    assert scheduler.stats.batch_sizes[4] == 1 and steps[0] == 5
+    assert records[1].error == "RuntimeError: boom in the poisoned row"
+    assert len(records[1].tokens) == 5  # what it had sent before the batch failed
+    for row in (0, 2, 3):
+        assert records[row].error is None
+        assert records[row].tokens == expected[row]

@@ -130,3 +130,11 @@ def test_a_malformed_json_line_is_skipped_reported_and_counted_by_the_cli(fast_c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
         f"tarsier: error: 1 of 10 data lines are unusable (10.0%), more than data.max_bad_fraction=0.05; first: {path}:10: not valid JSON")
+
+
+def test_data_workers_never_outnumber_the_cpus(monkeypatch):
+    from tarsier.train.trainer import data_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert data_workers(8) == 2 and data_workers(1) == 1 and data_workers(0) == 0
+    assert data_workers(8, processes_per_machine=2) == 1 and data_workers(8, processes_per_machine=4) == 1

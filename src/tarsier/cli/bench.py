@@ -134,7 +134,7 @@ def run_list(args: argparse.Namespace) -> int:
         metric = f"{b.metric} (judge)" if b.judged else b.metric
         dataset = f"{b.dataset}/SUBSET" if b.breakdown == "subset" else b.dataset
         table.add_row(b.name, metric, escape(dataset), " or ".join(b.annotation_files))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 1000)  # piped: whole lines, no 80-column cut
     console.print(table, highlight=False)
     aliases = "; ".join(f"{b.name}: {', '.join(b.aliases)}" for b in BENCHMARKS if b.aliases)
     groups = "; ".join(f"{g} = {', '.join(n)}" for g, n in GROUPS.items() if g != "dream")

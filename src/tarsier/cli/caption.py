@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tarsier.cli.inputs import MANIFEST_SUFFIXES, MediaInput, expand_paths, read_input_list
+from tarsier.cli.inputs import MANIFEST_SUFFIXES, MediaInput, canonical_path, expand_paths, read_input_list
 from tarsier.cli.options import (
     add_engine_options,
     add_generation_options,
@@ -35,8 +35,10 @@ key already written, so an interrupted job continues where it stopped; a crash n
 line, and a second process on the same output is refused while the first runs.
 
 Manifests: .txt (one path per line), .jsonl, .csv or .parquet (columns path, prompt, start_time,
-end_time, id), local or at a URI (file://, s3://, gs://, hdfs://). An --output that does not end in
-.jsonl is a folder of part-*.jsonl shards, each written whole (for --engine ray and large jobs).
+end_time, id), local or at a URI (file://, s3://, gs://, hdfs://); relative paths are taken from the
+manifest's folder. A file is one item however its path is spelled. An --output that is a folder (an
+existing one, or a path ending in /) holds part-*.jsonl shards, each written whole (for --engine ray
+and large jobs); any other name than NAME.jsonl is refused.
 """
 
 
@@ -86,18 +88,36 @@ def unique_items(items: list[MediaInput], max_frames: int) -> dict[str, MediaInp
     return by_key
 
 
-def done_in(records: list[dict], items: dict[str, MediaInput]) -> set[str]:
+def record_key(record: dict, items: dict[str, MediaInput], max_frames: int) -> str | None:
+    """The key of the item in ``items`` that ``record`` holds, if any.
+
+    Records written before keys took the path as a file carry a key of the path as spelled then:
+    their item is recomputed from the record (path, prompt, window), and taken only if that gives
+    the record's own key under this run's ``max_frames``.
+    """
+    key = record.get("key")
+    if key in items or key is None or not isinstance(record.get("path"), str):
+        return key
+    for prompt in (None, record.get("prompt")):  # the item's prompt: none (the default) or the one recorded
+        item = MediaInput(record["path"], prompt, record.get("start_time"), record.get("end_time"))
+        if item.spelled_key(item.path, max_frames) == key:
+            return item.key(max_frames)
+    return key
+
+
+def done_in(records: list[dict], items: dict[str, MediaInput], max_frames: int) -> set[str]:
     """Keys of ``items`` that ``records`` already hold.
 
     Records written before keys existed carry only a path: such a record stands for an item only
     when exactly one input has that path (the one case the old path-keyed resume got right).
     """
-    done = {record["key"] for record in records if record.get("key") in items}
-    legacy_paths = {record.get("path") for record in records if "key" not in record}
+    done = {key for key in (record_key(record, items, max_frames) for record in records) if key in items}
+    legacy_paths = {canonical_path(record["path"]) for record in records
+                    if "key" not in record and isinstance(record.get("path"), str)}
     if legacy_paths:
         per_path: dict[str, list[str]] = {}
         for key, item in items.items():
-            per_path.setdefault(item.path, []).append(key)
+            per_path.setdefault(canonical_path(item.path), []).append(key)
         done |= {keys[0] for path, keys in per_path.items() if path in legacy_paths and len(keys) == 1}
     return done
 
@@ -112,30 +132,31 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_size < 1:
         raise TarsierError(f"--shard-size must be at least 1, got {args.shard_size}")
     output = Path(args.output)
+    sharded = is_shard_folder(args.output)
     items = collect_inputs(args.input, args.recursive)
     for item in items:
         item.prompt = item.prompt if item.prompt is not None else args.prompt
-    with OutputLock(output, folder=is_shard_folder(output)):  # also proves OUTPUT is writable before the model loads
-        return caption(args, output, unique_items(items, settle_max_frames(args)))
+    with OutputLock(output, folder=sharded):  # also proves OUTPUT is writable before the model loads
+        return caption(args, output, sharded, unique_items(items, settle_max_frames(args)))
 
 
-def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput]) -> int:
+def caption(args: argparse.Namespace, output: Path, sharded: bool, by_key: dict[str, MediaInput]) -> int:
     """The captioning run proper; the caller holds the output's lock."""
     from tqdm import tqdm
 
     from tarsier.inference import DescribeRequest
 
-    output_file = OutputFile(output, args.shard_size)
+    output_file = OutputFile(output, sharded, args.shard_size)
     if args.retry_errors:
         dropped = output_file.drop(lambda record: bool(record.get("error")))
         print(f"retrying {dropped} failed item(s)", file=sys.stderr)
     records = output_file.records()
-    done = done_in(records, by_key)
+    done = done_in(records, by_key, args.max_frames)
     todo = [key for key in by_key if key not in done]
     if args.limit is not None:
         todo = todo[: args.limit]
     print(f"{len(by_key)} inputs, {len(done)} already in {output}, {len(todo)} to caption", file=sys.stderr)
-    failed_before = sum(1 for r in records if r.get("error") and r.get("key") in done)
+    failed_before = sum(1 for r in records if r.get("error") and record_key(r, by_key, args.max_frames) in done)
     if failed_before:
         print(
             f"{failed_before} of them failed in an earlier run (their errors are in {output}); "
@@ -176,7 +197,7 @@ def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput
             if result.error:
                 failed += 1
                 where = "" if item.path in result.error else f"{item.path}: "
-                bar.write(f"tarsier: error: {where}{result.error}")
+                bar.write(f"tarsier: error: {where}{result.error}", file=sys.stderr)
                 bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
     print(f"captioned {len(requests) - failed}, failed {failed} -> {output}", file=sys.stderr)
@@ -186,12 +207,12 @@ def caption(args: argparse.Namespace, output: Path, by_key: dict[str, MediaInput
 class OutputFile:
     """A caption output: one JSONL file appended line by line, or a folder of whole shards."""
 
-    def __init__(self, path: Path, shard_size: int = 500):
-        from tarsier.scale.shards import is_shard_folder, remove_pending
+    def __init__(self, path: Path, sharded: bool, shard_size: int = 500):
+        from tarsier.scale.shards import remove_pending
 
         self.path = path
         self.shard_size = shard_size
-        self.sharded = is_shard_folder(path)
+        self.sharded = sharded
         if self.sharded and path.is_dir():
             remove_pending(path)  # shards a killed run left half-written: their items run again
 

@@ -71,13 +71,17 @@ def run(args: argparse.Namespace) -> int:
     describer = Describer(model, processor, generation=generation_from_args(args), batch_size=args.batch_size)
     requests = [DescribeRequest(item.path, item.path, args.prompt, args.start, args.end) for item in items]
     if len(requests) == 1 and not args.json:
+        written = finished = False
         try:
             for piece in describer.stream(requests[0]):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        finally:  # also after Ctrl-C: end the partial line so the shell prompt starts on its own
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+                written = True
+            finished = True
+        finally:  # also after Ctrl-C: end the partial line; a reply that never came leaves stdout empty
+            if written or finished:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
         return 0
     failed = 0
     for result in describer.run(requests):
@@ -88,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(_record(result.key, result.prompt, result.text, result.frame_indices, result.error), ensure_ascii=False), flush=True)
         elif not result.error:
             print(f"== {result.key}\n{result.text}\n", flush=True)
+    if failed and len(requests) == 1:
+        return 2  # a lone input that cannot be read: the usual exit code for bad input, as without --json
     return 1 if failed else 0
 
 

@@ -26,10 +26,22 @@ class MediaInput:
     id: Any = None  # the input line's own "id", carried to the output to join on
 
     def key(self, max_frames: int) -> str:
-        """Identity for resuming: everything that changes this item's output, not the path alone."""
-        return fingerprint(
-            path=self.path, prompt=self.prompt, start_time=self.start_time, end_time=self.end_time, max_frames=max_frames
-        )
+        """Identity for resuming: everything that changes this item's output, not the path alone.
+        The path is taken as a file, not as spelled: ``videos/x.mp4``, ``./videos/x.mp4`` and its
+        absolute path are one item."""
+        return self.spelled_key(canonical_path(self.path), max_frames)
+
+    def spelled_key(self, path: str, max_frames: int) -> str:
+        """The key with ``path`` as given (how earlier versions keyed items: by the path as spelled)."""
+        return fingerprint(path=path, prompt=self.prompt, start_time=self.start_time, end_time=self.end_time,
+                           max_frames=max_frames)
+
+
+def canonical_path(path: str) -> str:
+    """A local path made absolute and normalised (relative to the current folder); URIs as they are."""
+    if "://" in path:
+        return path
+    return os.path.normpath(os.path.abspath(path))
 
 
 def media_in_folder(folder: Path, recursive: bool) -> list[Path]:

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     shards = shard_files(folder)
     if not shards:
         raise TarsierError(f"{folder}: no part-*.jsonl shards in this folder")
+    if Path(args.output).suffix.lower() != ".jsonl":
+        raise TarsierError(f"{args.output}: merge writes JSONL; name the output NAME.jsonl")
     check_output_file(args.output)
     with OutputLock(folder, folder=True):  # not while a job is still writing shards
         lines = merge_shards(folder, args.output)

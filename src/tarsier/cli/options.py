@@ -7,6 +7,7 @@ second instead of after the multi-second import of torch and transformers.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from tarsier.checkpoints import DEFAULT_MODEL
@@ -114,6 +115,10 @@ def check_model_options(args: argparse.Namespace) -> None:
     check_dtype_name(args.dtype)
     if args.max_frames is not None and args.max_frames < 1:
         raise TarsierError(f"--max-frames must be at least 1, got {args.max_frames}")
+    for name in ("start", "end"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise TarsierError(f"--{name} must be 0 or more seconds, got {value}")
     if getattr(args, "start", None) is not None and getattr(args, "end", None) is not None and args.end <= args.start:
         raise TarsierError(f"--end ({args.end}) must be after --start ({args.start})")
     if getattr(args, "batch_size", 1) < 1:
@@ -123,7 +128,7 @@ def check_model_options(args: argparse.Namespace) -> None:
     if hasattr(args, "max_new_tokens"):
         generation_from_args(args)  # validates the numbers
     if getattr(args, "engine", "local") == "ray":
-        from tarsier.scale.ray_describer import RaySettings, require_ray
+        from tarsier.scale.local_ray import RaySettings, require_ray
 
         RaySettings(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica or 0, decode_workers=args.decode_workers)
         require_ray()
@@ -156,7 +161,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 def make_describer(args: argparse.Namespace, generation: Any) -> Any:
     """The in-process :class:`Describer`, or the Ray one with the same ``run`` (``--engine``)."""
     if getattr(args, "engine", "local") == "ray":
-        from tarsier.scale.ray_describer import RayDescriber, RaySettings, require_ray
+        from tarsier.scale.local_ray import RaySettings, require_ray
+        from tarsier.scale.ray_describer import RayDescriber
 
         require_ray()
         gpus = args.gpus_per_replica

@@ -26,38 +26,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tarsier.errors import MediaError, TarsierError
+from tarsier.scale.local_ray import LocalRayRun, RaySettings, require_ray
 from tarsier.generation import GenerationSettings
 from tarsier.inference import GROUPING_WINDOW, DescribeRequest, DescribeResult
-
-
-def require_ray() -> Any:
-    """Import ray, or say in one line how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise TarsierError("--engine ray needs Ray Data: pip install -e \".[ray]\" (or pip install 'ray[data]')") from None
-    return ray
-
-
-@dataclass
-class RaySettings:
-    """Where Ray runs and how the work is spread."""
-
-    address: str | None = None  # None: a local Ray on this machine; "auto" or "ray://..." for a cluster
-    replicas: int = 1  # model actors, one loaded model each
-    gpus_per_replica: float = 0.0  # 0 on CPU machines
-    cpus_per_replica: float = 1.0  # also the torch threads of a CPU actor
-    decode_workers: int = 2  # concurrent CPU tasks decoding media
-    num_cpus: int | None = None  # for a local Ray: CPUs it may use (default: all)
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise TarsierError(f"--replicas must be at least 1, got {self.replicas}")
-        if self.gpus_per_replica < 0:
-            raise TarsierError(f"--gpus-per-replica must be 0 or more, got {self.gpus_per_replica}")
-        if self.decode_workers < 1:
-            raise TarsierError(f"--decode-workers must be at least 1, got {self.decode_workers}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -182,7 +153,7 @@ class RayDescriber:
         rows = [_request_row(request) for request in requests]
         if not rows:
             return
-        started_here = self._start(ray)
+        started_here, local = self._start(ray)
         try:
             self._check_resources(ray)
             context = ray.data.DataContext.get_current()
@@ -210,6 +181,8 @@ class RayDescriber:
                     max_restarts=0,
                 )
             for row in dataset.iter_rows():
+                if local is not None:
+                    local.note(every=2.0)  # actors and tasks start as the run goes
                 yield DescribeResult(
                     key=str(row["key"]), text=_optional(row["text"]), error=_optional(row["error"]),
                     prompt=_optional(row["prompt"]), frame_indices=json.loads(row["frame_indices"]),
@@ -217,18 +190,23 @@ class RayDescriber:
                     decode_seconds=float(row["decode_seconds"]), generate_seconds=float(row["generate_seconds"]),
                 )
         finally:
+            if local is not None:
+                local.note()
             if started_here:
                 ray.shutdown()
+            if local is not None:
+                local.stop()  # what ray.shutdown() left running
 
     def _check_resources(self, ray: Any) -> None:
         problem = _fits(ray, self.settings)
         if problem:
             raise TarsierError(problem)
 
-    def _start(self, ray: Any) -> bool:
-        """Connect to (or start) Ray; True when this call started it and should stop it."""
+    def _start(self, ray: Any) -> tuple[bool, LocalRayRun | None]:
+        """Connect to (or start) Ray: whether this call did (and should disconnect), and the record of
+        the local Ray it started (whose processes it stops), if any."""
         if ray.is_initialized():
-            return False
+            return False, None
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         if self.settings.address:
             kwargs["address"] = self.settings.address
@@ -239,13 +217,18 @@ class RayDescriber:
             kwargs["num_cpus"] = self.settings.num_cpus or max(os.cpu_count() or 1, int(wanted + 0.999))
         # workers import tarsier from the same environment; keep their logs quiet like ours
         kwargs["runtime_env"] = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}}
+        local = None if self.settings.address else LocalRayRun()
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            if local is not None:
+                local.stop()
             where = self.settings.address or "a local Ray instance"
             raise TarsierError(f"could not start or reach {where}: {' '.join(str(exc).split())}") from None
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plans and notices would break the progress bar
-        return True
+        if local is not None:
+            local.note()
+        return True, local
 
 
 def _fits(ray: Any, settings: RaySettings) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,17 @@ SHARD_GLOB = "part-*.jsonl"
 PENDING_SUFFIX = ".pending"
 
 
-def is_shard_folder(output: str | Path) -> bool:
-    """An output that is not a ``.jsonl`` file is a folder of shards."""
-    return Path(output).suffix.lower() != ".jsonl"
+def is_shard_folder(output: str) -> bool:
+    """``NAME.jsonl`` is one file; an existing folder or a path ending in ``/`` is a folder of shards.
+
+    Anything else is refused in one line rather than guessed: ``--output typo.json`` once became a
+    folder without a word. ``output`` is the path as the user wrote it (a trailing ``/`` counts)."""
+    if Path(output).suffix.lower() == ".jsonl":
+        return False
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return True
+    raise TarsierError(f"{output}: not an output to guess at: write NAME.jsonl for one file, or a folder of shards "
+                       f"(an existing folder, or a path ending in /, such as {output}/)")
 
 
 def shard_files(folder: str | Path) -> list[Path]:

@@ -187,18 +187,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
         metrics.observe(500)
         return JSONResponse(ApiError(500, f"internal error: {one_line(exc)}").body(), status_code=500)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable) -> Any:
-        if config.api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-                error = ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
-                return JSONResponse(error.body(), status_code=401)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > config.max_body_bytes:
-            error = ApiError(413, f"the request body is {int(length):,} bytes, over this server's limit of {config.max_body_bytes:,}")
-            return JSONResponse(error.body(), status_code=413)
-        return await call_next(request)
+    app.add_middleware(_Guard, config=config, metrics=metrics)
 
     def ready() -> Scheduler:
         if state["error"]:
@@ -267,6 +256,43 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
     return app
 
 
+class _Guard:
+    """Refusals made before a route runs (counted in /metrics like every other answer).
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` hides a client's disconnect from
+    the route (``Request.is_disconnected`` stayed False), so a non-streaming request whose client
+    had gone generated to its end."""
+
+    def __init__(self, app: Callable, config: ServeConfig, metrics: Metrics):
+        self.app, self.config, self.metrics = app, config, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        error = self.refusal(scope) if scope["type"] == "http" else None
+        if error is None:
+            await self.app(scope, receive, send)
+            return
+        self.metrics.observe(error.status)
+        await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+
+    def refusal(self, scope: dict[str, Any]) -> ApiError | None:
+        from starlette.datastructures import Headers
+
+        headers, config = Headers(scope=scope), self.config
+        if config.api_key and scope["path"] != "/health":
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            # the scheme is case-insensitive in HTTP; the key is compared in constant time
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), config.api_key.encode()):
+                return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > config.max_body_bytes:
+            return ApiError(413, f"the request body is {int(length):,} bytes, over this server's limit of {config.max_body_bytes:,}")
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if scope["method"] == "POST" and media_type != "application/json":
+            # a web page can send text/plain anywhere without asking: only JSON bodies are taken
+            return ApiError(415, f"send the request body as application/json, not {media_type or 'no content type'}")
+        return None
+
+
 async def _read_json(request: Request, limit: int) -> Any:
     """The body as JSON, read up to ``limit`` bytes (for clients that send no Content-Length)."""
     chunks, size = [], 0
@@ -276,9 +302,29 @@ async def _read_json(request: Request, limit: int) -> Any:
             raise ApiError(413, f"the request body is over this server's limit of {limit:,} bytes")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        body = None
+    if body is None or _nesting(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep")
+    return body
+
+
+MAX_JSON_DEPTH = 32  # a chat request needs 5 (body, messages, a message, its parts, a part's url object)
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (counted without recursion)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _prepare(processor: TarsierProcessor, chat: ChatRequest, config: ServeConfig) -> _Prepared:

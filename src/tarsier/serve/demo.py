@@ -54,8 +54,9 @@ class Conversation:
     """One browser tab's media, its sampled frames and the chat about them (started on the first question)."""
 
     name: str  # the file name shown in the page
-    frames: SampledFrames
+    frames: SampledFrames | None  # None: the file could not be read, and ``problem`` says why
     session: ChatSession | None = None
+    problem: str | None = None
 
 
 class DemoCallbacks:
@@ -78,7 +79,8 @@ class DemoCallbacks:
         try:
             frames = self.processor.load_media(path, int(n_frames))
         except TarsierError as exc:  # the upload's temporary path means nothing to the user: show its name
-            return None, [], [], f"⚠️ {str(exc).replace(path, name)}"
+            problem = str(exc).replace(path, name)
+            return Conversation(name, None, problem=problem), [], [], f"⚠️ {problem}"
         gallery = [(image, f"frame {index}") for image, index in zip(frames.images, frames.indices)]
         status = f"**{name}**: {len(frames.images)} of {frames.total_frames} frames ({frames.kind}). Ask a question."
         return Conversation(name, frames), gallery, [], status
@@ -87,6 +89,8 @@ class DemoCallbacks:
         """Forget the chat (the media and its frames stay); returns the empty chat and the status line."""
         if conversation is None:
             return [], UPLOAD_HINT
+        if conversation.problem:
+            return [], f"⚠️ {conversation.problem}"
         conversation.session = None
         return [], f"**{conversation.name}**: new conversation. Ask a question."
 
@@ -98,8 +102,8 @@ class DemoCallbacks:
         The question box empties once the question is taken; it keeps the text when nothing was asked.
         """
         question = question.strip()
-        if conversation is None:
-            yield question, [], f"⚠️ {UPLOAD_HINT}"
+        if conversation is None or conversation.problem:  # the file in the box was not readable: say why again
+            yield question, [], f"⚠️ {conversation.problem if conversation else UPLOAD_HINT}"
             return
         done = list(conversation.session.history) if conversation.session else []
         if not question:
@@ -165,12 +169,12 @@ def build_demo(
                 longest = max(MAX_NEW_TOKENS_LIMIT, settings.max_new_tokens)
                 max_new_tokens = gr.Slider(1, longest, settings.max_new_tokens, step=1, label="Max new tokens")
                 restart = gr.Button("Restart conversation", elem_id="restart")
-                status = gr.Markdown(UPLOAD_HINT, elem_id="status")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(
-                    label="Sampled frames (what the model sees)", columns=8, height="auto", object_fit="contain",
+                gallery = gr.Gallery(  # 4 a row: a row of 8 cut off its last frame
+                    label="Sampled frames (what the model sees)", columns=4, height="auto", object_fit="contain",
                     format="jpeg", interactive=False, elem_id="gallery",
                 )
+                status = gr.Markdown(UPLOAD_HINT, elem_id="status")  # beside the chat, where the eye is
                 chat = gr.Chatbot(label="Chat", buttons=["copy", "copy_all"], elem_id="chat")
                 with gr.Row():
                     question = gr.Textbox(

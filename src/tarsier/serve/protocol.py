@@ -7,6 +7,7 @@ field (``messages[1].content[0].video_url.url: ...``) and carries the status a c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from tarsier.generation import GenerationSettings
 
 MEDIA_PART_TYPES = {"video_url": "video", "image_url": "image"}
 MAX_STOP_STRINGS = 4
+MAX_SEED = 2**63 - 1  # what a torch generator takes
 _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
 
 
@@ -77,6 +79,8 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int, default_max_tokens: in
     if not 0 < top_p <= 1:
         raise ApiError(400, f"top_p must be in (0, 1], got {top_p}", "top_p")
     seed = _typed(body, "seed", int)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ApiError(400, f"seed must be between 0 and {MAX_SEED}, got {seed}", "seed")
     n = _typed(body, "n", int)
     if n not in (None, 1):
         raise ApiError(400, f"n must be 1 (one reply per request), got {n}", "n")
@@ -108,6 +112,9 @@ def parse_chat_request(body: Any, *, max_tokens_cap: int, default_max_tokens: in
         raise ApiError(400, f"max_frames must be at least 1, got {max_frames}", "max_frames")
     start_time = _number(body, "start_time", None)
     end_time = _number(body, "end_time", None)
+    for name, value in (("start_time", start_time), ("end_time", end_time)):
+        if value is not None and value < 0:
+            raise ApiError(400, f"{name} must be 0 or more seconds, got {value}", name)
     if start_time is not None and end_time is not None and 0 < end_time <= start_time:
         raise ApiError(400, f"end_time ({end_time}) must be after start_time ({start_time})", "end_time")
 
@@ -183,6 +190,8 @@ def _content(content: Any, where: str) -> tuple[str, list[tuple[str, str]]]:
             url = value.get("url") if isinstance(value, dict) else value
             if not isinstance(url, str) or not url:
                 raise ApiError(422, f"{here}.{kind}.url must be a non-empty string", f"{here}.{kind}.url")
+            if "\x00" in url:
+                raise ApiError(400, f"{here}.{kind}.url holds a NUL byte", f"{here}.{kind}.url")
             media.append((url, MEDIA_PART_TYPES[kind]))
         else:
             raise ApiError(400, f"{here}: unsupported content part type {kind!r}; use text, video_url or image_url",
@@ -208,4 +217,6 @@ def _number(body: dict[str, Any], name: str, default: float | None) -> Any:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ApiError(422, f"{name} must be a number", name)
+    if not math.isfinite(value):  # Python's json reads NaN and Infinity
+        raise ApiError(400, f"{name} must be a finite number, got {value}", name)
     return float(value)

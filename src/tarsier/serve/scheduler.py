@@ -6,7 +6,9 @@ are waited for too, up to ``prepare_wait_ms``, so a burst is not split into a lo
 the rest. They run through :func:`tarsier.generation.iter_tokens`. Each request gets its
 own tokens as they are generated and stops at its own EOS or token limit; a finished or cancelled
 row leaves the batch, so it neither holds up nor costs the others. Greedy output is the same alone
-or in a batch (the engine's guarantee).
+or in a batch (the engine's guarantee). When a batch fails, each unfinished row goes on alone from
+the tokens it has sent: a row that fails alone ends with its own error, the others finish as they would
+have.
 
 A batch runs to its end before the next one starts: requests that arrive meanwhile wait in the
 queue (no joining a batch that is already decoding).
@@ -24,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tarsier.errors import TarsierError
@@ -261,13 +263,14 @@ class Scheduler:
 
         started = time.perf_counter()
         ended: set[int] = set()
-        tokens = [0]
+        sent: list[list[int]] = [[] for _ in jobs]
         try:
-            self._generate(jobs, ended, tokens)
+            self._generate(jobs, ended, sent)
         except Exception as exc:
-            if len(jobs) > 1 and tokens[0] == 0:  # nothing sent yet: pin the failure on the request(s) causing it
-                for job in jobs:
-                    self._run_batch([job])
+            if len(jobs) > 1:  # one row's failure ends that row only: the others go on alone
+                for row, job in enumerate(jobs):
+                    if row not in ended:
+                        self._run_batch([_continued(job, sent[row])])
                 return
             for row, job in enumerate(jobs):
                 if row not in ended:
@@ -280,9 +283,9 @@ class Scheduler:
             self._running = 0
             self.stats.busy_seconds += time.perf_counter() - started
 
-    def _generate(self, jobs: list[Job], ended: set[int], tokens: list[int]) -> None:
+    def _generate(self, jobs: list[Job], ended: set[int], sent: list[list[int]]) -> None:
         """Generate for ``jobs`` as one batch. A job ends as soon as its row does (EOS or its token
-        limit), not when the batch does; ``ended`` collects those rows, ``tokens[0]`` counts tokens."""
+        limit), not when the batch does; ``ended`` collects those rows, ``sent`` each row's tokens."""
         from tarsier.generation import iter_tokens
 
         # collate concatenates every media input (Tarsier2's image_grid_thw too); iter_tokens casts pixels.
@@ -290,19 +293,28 @@ class Scheduler:
         self.stats.batches += 1
         self.stats.batch_sizes[len(jobs)] = self.stats.batch_sizes.get(len(jobs), 0) + 1
         stop_ids = set(self.processor.eos_token_ids)
-        counts = [0] * len(jobs)
         settings = [job.settings for job in jobs]
         for step in iter_tokens(self.model, self.processor, inputs, settings, cancelled=_CancelledRows(jobs)):
             for row, token in step.items():
                 job = jobs[row]
                 job.on_token(token)
-                counts[row] += 1
-                if (token in stop_ids and not job.settings.ignore_eos) or counts[row] >= job.settings.max_new_tokens:
+                sent[row].append(token)
+                if (token in stop_ids and not job.settings.ignore_eos) or len(sent[row]) >= job.settings.max_new_tokens:
                     ended.add(row)
                     self._running -= 1
                     job.on_end(None)
-            tokens[0] += len(step)
             self.stats.generated_tokens += len(step)
+
+
+def _continued(job: Job, sent: list[int]) -> Job:
+    """The job that generates the rest of ``job``'s reply after the tokens it has already sent: its
+    prompt then those tokens, as the batch's cache held them, so greedy replies come out unchanged."""
+    if not sent:
+        return job
+    settings = replace(job.settings, max_new_tokens=job.settings.max_new_tokens - len(sent))
+    continued = Job(job.ids + sent, job.media, settings, job.on_token, job.on_end, queued_at=job.queued_at)
+    continued.cancelled = job.cancelled
+    return continued
 
 
 class _CancelledRows:

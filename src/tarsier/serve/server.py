@@ -27,13 +27,32 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run_server(app: Any, host: str, port: int) -> int:
-    """Serve until SIGTERM/Ctrl-C; requests in progress finish, new ones get 503 meanwhile."""
+    """Serve until SIGTERM/Ctrl-C, then drain: the server keeps listening and answers new requests
+    503 (``Retry-After``) and /health ``draining``, so a load balancer sees it go, until the requests
+    in progress have ended; then it exits 0. A second signal stops it at once."""
+    import asyncio
+
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
         def handle_exit(self, sig: int, frame: Any) -> None:
-            app.state.tarsier["draining"] = True  # refuse new requests while the others finish
-            super().handle_exit(sig, frame)
+            state = app.state.tarsier
+            if state["draining"] or self.loop is None or not self.started:
+                super().handle_exit(sig, frame)
+                return
+            state["draining"] = True  # refuse new requests while the others finish
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.exit_when_idle(sig)))
+
+        async def exit_when_idle(self, sig: int) -> None:
+            while any(not task.done() for task in list(self.server_state.tasks)):
+                await asyncio.sleep(0.05)
+            super().handle_exit(sig, None)
 
         @contextmanager
         def capture_signals(self) -> Iterator[None]:

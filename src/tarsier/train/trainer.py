@@ -51,6 +51,13 @@ class TrainResult:
     bad_items: int = 0
 
 
+def data_workers(wanted: int, processes_per_machine: int = 1) -> int:
+    """``data.num_workers``, capped at the CPUs this process may use (shared by the machine's
+    training processes): 8 workers on a 2-core machine only made torch warn and the cores thrash."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(wanted, max(1, cpus // max(1, processes_per_machine)))
+
+
 def train(config: StageConfig, output: str | Path, resume: str | None = None, progress: bool = True) -> TrainResult:
     """Run one stage; the final model is written to ``output`` and each checkpoint below it."""
     from accelerate.utils import set_seed
@@ -88,9 +95,10 @@ def train(config: StageConfig, output: str | Path, resume: str | None = None, pr
     )
     dataset = TrainingDataset(mixture.items, mixture.ranges, processor, [s.n_frames for s in mixture.sources],
                               config.data.max_length or model_max_length)
+    workers = data_workers(config.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=Collator(processor), num_workers=config.data.num_workers,
-        worker_init_fn=worker_init, prefetch_factor=4 if config.data.num_workers else None,
+        dataset, batch_sampler=sampler, collate_fn=Collator(processor), num_workers=workers,
+        worker_init_fn=worker_init, prefetch_factor=4 if workers else None,
     )
 
     optimizer = build_optimizer(model, config)
