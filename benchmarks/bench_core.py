@@ -331,4 +331,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tarsier.errors import TarsierError
+
+    try:
+        main()
+    except TarsierError as exc:  # e.g. no mistral-common (the test extra): one line saying what to install
+        sys.exit(f"bench_core.py: {exc} (or pip install -e \".[test]\")")
