@@ -22,9 +22,9 @@ from test_ray_engine import RAY, by_key, clips, in_process, model_args  # noqa: 
 TARSIER = str(Path(sys.executable).with_name("tarsier"))
 
 
-def test_a_driver_killed_mid_run_loses_and_repeats_nothing(fast_checkpoint, clips, in_process, tmp_path):
+def test_a_driver_killed_mid_run_loses_and_repeats_nothing(clips, in_process, tmp_path):
     output = tmp_path / "captions"
-    command = [TARSIER, "caption", str(clips / "list.txt"), "--output", f"{output}/", *model_args(fast_checkpoint),
+    command = [TARSIER, "caption", str(clips / "list.txt"), "--output", f"{output}/", *model_args(),
                *RAY, "--shard-size", "3"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240

@@ -172,6 +172,68 @@ def test_path_file_url_and_image_under_the_media_root(server, loaded, media):
     assert image.usage.prompt_tokens < by_path.usage.prompt_tokens  # one frame, not four
 
 
+@contextmanager
+def media_host(root: Path):
+    """A plain HTTP server on 127.0.0.1 (a free port) with media, a web page, redirects and a big file."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    routes = {
+        "/clip.mp4": ("video/mp4", (root / "clip.mp4").read_bytes()),
+        "/clip": ("video/mp4", (root / "clip.mp4").read_bytes()),  # the type says what it is
+        "/big.mp4": ("video/mp4", b"\x00" * 5000),
+        "/page.html": ("text/html", b"<html>not media</html>"),
+    }
+    redirects = {"/moved.mp4": "/clip.mp4", "/to-file.mp4": "file:///etc/passwd", "/to-ftp.mp4": "ftp://127.0.0.1/x.mp4",
+                 "/loop.mp4": "/loop.mp4"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path in redirects:
+                self.send_response(302)
+                self.send_header("Location", redirects[self.path])
+                self.end_headers()
+                return
+            kind, body = routes.get(self.path, ("text/plain", b""))
+            self.send_response(200 if self.path in routes else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    host = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=host.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{host.server_address[1]}"
+    finally:
+        host.shutdown()
+        host.server_close()
+
+
+def test_remote_media_is_fetched_only_when_allowed_and_within_limits(loaded, media):
+    root = media[0]
+    expected = expected_ids(loaded, root / "clip.mp4", [{"role": "user", "content": "Describe the video."}], 6)
+    policy = MediaPolicy(allow_remote=True, max_bytes=(root / "clip.mp4").stat().st_size + 100)
+    with media_host(root) as web, live_server(loaded, media=policy) as (url, _):
+        for good in ("clip.mp4", "clip", "moved.mp4"):  # by extension, by content type, through a redirect
+            reply = post(url, {**chat_body(f"{web}/{good}", max_tokens=6), "return_token_ids": True})
+            assert reply.status_code == 200 and reply.json()["choices"][0]["token_ids"] == expected, (good, reply.text)
+        refusals = {"big.mp4": (413, "over this server's media limit"), "page.html": (400, "unsupported media type 'text/html'"),
+                    "to-file.mp4": (400, "file:///etc/passwd"), "to-ftp.mp4": (400, "ftp://127.0.0.1/x.mp4, which is not"),
+                    "loop.mp4": (400, "could not fetch"), "missing.mp4": (400, "could not fetch")}
+        policy.max_bytes = 4000  # the big file (5,000 bytes) is over it, the clip too
+        for name, (status, words) in refusals.items():
+            reply = post(url, chat_body(f"{web}/{name}"))
+            assert reply.status_code == status and words in reply.json()["error"]["message"], (name, reply.text)
+        assert httpx.get(f"{url}/health").status_code == 200
+    with media_host(root) as web, live_server(loaded, media=MediaPolicy()) as (url, _):  # not allowed by default
+        reply = post(url, chat_body(f"{web}/clip.mp4"))
+        assert reply.status_code == 400 and "--allow-remote-media" in reply.json()["error"]["message"]
+
+
 def test_repetition_penalty_is_the_library_s(server, loaded, media):
     url, _ = server
     turns = [{"role": "user", "content": "What moves?"}]
@@ -202,23 +264,30 @@ def test_multi_turn_honours_earlier_assistant_turns(server, loaded, media):
 
 
 def test_concurrent_requests_are_batched_and_match_each_alone(loaded, media):
+    """Six requests of different lengths and media (two videos, an image, text alone) batched together:
+    each gets the ids it gets alone, and those differ from row to row, so swapped rows would fail."""
     root = media[0]
+    requests = [("clip.mp4", "video_url", "Question 0?", 6), ("other.mp4", "video_url", "What moves, and where does it go?", 9),
+                ("still.png", "image_url", "Describe the image.", 7), (None, None, "Tell me a story about a red ball.", 8),
+                ("clip.mp4", "video_url", "Describe the video in detail, please, with every colour.", 10),
+                (None, None, "Hi", 5)]
     with live_server(loaded, media=MediaPolicy(media_root=root), batch_wait_ms=300, max_batch_size=8) as (url, _):
-        requests = [("clip.mp4", f"Question {n}?", 6 + n) for n in range(6)]
         results = [None] * len(requests)
 
         def ask(index):
-            name, text, tokens = requests[index]
+            name, kind, text, tokens = requests[index]
+            messages = video_message(name, text, kind) if name else [{"role": "user", "content": text}]
             results[index] = client(url).chat.completions.create(
-                model=MODEL, messages=video_message(name, text), max_tokens=tokens, extra_body={"return_token_ids": True})
+                model=MODEL, messages=messages, max_tokens=tokens, extra_body={"return_token_ids": True})
 
         at_once(ask, len(requests))
         metrics = httpx.get(f"{url}/metrics").text
     sizes = [int(line.split('"')[1]) for line in metrics.splitlines() if line.startswith("tarsier_batches_total{")]
     assert max(sizes) > 1, metrics
-    for (name, text, tokens), response in zip(requests, results):
-        expected = expected_ids(loaded, root / name, [{"role": "user", "content": text}], tokens)
-        assert response.choices[0].model_extra["token_ids"] == expected
+    expected = [expected_ids(loaded, root / name if name else None, [{"role": "user", "content": text}], tokens)
+                for name, _, text, tokens in requests]
+    assert len({tuple(ids) for ids in expected}) == len(requests)  # every row's reply is its own
+    assert [response.choices[0].model_extra["token_ids"] for response in results] == expected
 
 
 def post(url, body, headers=None, timeout=60):

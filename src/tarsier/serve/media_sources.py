@@ -93,10 +93,24 @@ def _data_url(url: str, max_bytes: int) -> tuple[str, bytes]:
     return suffix, payload
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows at most three redirects, and only to http(s) URLs (never file:, ftp: or the like)."""
+
+    max_redirections = 3
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 (urllib's signature)
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise ApiError(400, f"{req.full_url} redirects to {newurl}, which is not an http(s) URL")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def _download(url: str, policy: MediaPolicy) -> tuple[str, bytes]:
     path_suffix = Path(urllib.parse.urlsplit(url).path).suffix.lower()
     try:
-        with urllib.request.urlopen(url, timeout=policy.remote_timeout) as response:
+        with _OPENER.open(url, timeout=policy.remote_timeout) as response:
             mime = response.headers.get_content_type().lower()
             payload = response.read(policy.max_bytes + 1)
     except (OSError, ValueError) as exc:
