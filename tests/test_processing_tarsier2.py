@@ -5,8 +5,10 @@ Frames: which indices a video gives, by the rule written out here. Pixels: trans
 twice amounts to. Prompts: the expected strings written out, the ids from the tokenizer.
 """
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +124,57 @@ def test_frames_over_460800_pixels_are_shrunk_first(processor, qwen2vl_images):
     expected = qwen2vl_images(images=shrunk, return_tensors="pt")
     assert inputs["image_grid_thw"].tolist() == expected["image_grid_thw"].tolist() == [[1, 36, 64]]
     assert torch.equal(inputs["pixel_values"], expected["pixel_values"])
+
+
+def _reference_pixels_maker():
+    """tests/data/make_tarsier2_reference_pixels.py (its input builders; no reference code runs here)."""
+    path = Path(__file__).parent / "data" / "make_tarsier2_reference_pixels.py"
+    spec = importlib.util.spec_from_file_location("make_tarsier2_reference_pixels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REFERENCE_PIXELS = json.loads((Path(__file__).parent / "data" / "tarsier2_reference_pixels.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_inputs(tmp_path_factory):
+    maker = _reference_pixels_maker()
+    return maker, {item["name"]: item for item in maker.build_inputs(tmp_path_factory.mktemp("reference-inputs"))}
+
+
+def test_reference_pixels_were_made_with_this_preprocessor_config(checkpoint):
+    stored = REFERENCE_PIXELS["preprocessor_config"]
+    assert json.loads((checkpoint / "preprocessor_config.json").read_text()) == stored
+    assert set(REFERENCE_PIXELS["inputs"]) == {
+        "palette_200x150.gif", "rgb_300x400.png", "rgba_300x400.png", "gray_300x400.png",
+        "palette_300x400.png", "rgb_1280x720.png",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_PIXELS["inputs"]))
+def test_pixels_are_bit_identical_to_the_original_code(processor, reference_inputs, name):
+    """The original Tarsier2 code's pixel values (stored by tests/data/make_tarsier2_reference_pixels.py,
+    run with its pinned transformers 4.47 and Pillow 9.3) for a palette GIF, PNGs in four modes and a
+    PNG over the 460,800-pixel cap: decoded frames, grid and every float32 value the same."""
+    maker, inputs = reference_inputs
+    expected = REFERENCE_PIXELS["inputs"][name]
+    item = inputs[name]
+    frames = processor.load_media(item["path"]).images
+    assert maker.sha256(np.stack([np.asarray(frame) for frame in frames])) == expected["frames_sha256"], "decoding"
+    media = {"videos": [item["path"]]} if item["kind"] == "video" else {"images": [item["path"]]}
+    inputs = processor("<video>\nDescribe.", **media)
+    pixels = inputs["pixel_values"].numpy()
+    assert inputs["image_grid_thw"].tolist() == [expected["image_grid_thw"]]
+    assert list(pixels.shape) == expected["shape"]
+    positions = expected["sample_positions"]
+    assert positions == maker.sample_positions(pixels.size)
+    sampled = pixels.reshape(-1)[positions]
+    difference = np.abs(sampled - np.asarray(expected["sample_values"], dtype=np.float32)).max()
+    assert difference == 0, f"sampled values differ from the original code's by up to {difference:g}"
+    assert pixels.sum(dtype=np.float64) == pytest.approx(expected["sum"], rel=1e-12)
+    assert maker.sha256(pixels.astype("<f4")) == expected["sha256"]
 
 
 def test_per_sample_pixel_budget_shrinks_frames_of_long_videos(processor, qwen2vl_images):
