@@ -258,3 +258,23 @@ def test_hugging_face_padding_options_are_taken_and_others_refused(family, reque
     for padding in (False, "max_length", "do_not_pad"):
         with pytest.raises(ValueError, match="padding=True or 'longest'"):
             processor(text=prompts, videos=videos, padding=padding)
+
+
+@pytest.mark.parametrize("family", ["tiny_checkpoint", "tarsier2_checkpoint"])
+def test_the_model_view_is_what_the_pixel_values_hold(family, request, tmp_path):
+    """The demo shows processor.model_view: the frames' pixels before normalisation, so the
+    normalised view must be the model's pixel values (a 64x48 image: stretched and cropped to
+    336 x 336 for Tarsier; resized to multiples of 28 for Tarsier2)."""
+    processor = TarsierProcessor.from_pretrained(request.getfixturevalue(family))
+    frames = processor.load_media(make_image(tmp_path / "small.png", 5, size=(64, 48)))
+    [view] = processor.model_view(frames)
+    inputs = processor(text="<image>\nDescribe.", images=[frames])
+    if family == "tiny_checkpoint":
+        assert view.size == (336, 336)
+        settings = processor.image_settings
+        expected = (np.asarray(view, dtype=np.float64) / 255 - np.asarray(settings.mean)) / np.asarray(settings.std)
+        torch.testing.assert_close(inputs["pixel_values"][0], torch.from_numpy(expected.astype(np.float32).transpose(2, 0, 1)))
+    else:
+        t, h, w = inputs["image_grid_thw"][0].tolist()
+        assert view.size == (w * 14, h * 14) and t == 1
+        assert view.size[0] % 28 == 0 and view.size[1] % 28 == 0

@@ -291,15 +291,28 @@ class Tarsier2Processor:
             pixels = processor.normalize(pixels, processor.image_mean, processor.image_std)
         return np.asarray(pixels, dtype=np.float32)
 
+    def capped_frames(self, sampled: SampledFrames) -> list[Image.Image]:
+        """The sampled frames within the pixel cap and the sample's shared budget (each is fed twice)."""
+        min_pixels, max_pixels = self.rules.pixel_limits(self.image_processor.temporal_patch_size * len(sampled.images))
+        return [cap_pixels(image, min_pixels, max_pixels, sampled.source) for image in sampled.images]
+
+    def model_view(self, sampled: SampledFrames) -> list[Image.Image]:
+        """The frames as the model gets them, before normalisation: capped, then resized to the
+        multiples of 28 pixels the image processor gives (the demo shows these)."""
+        processor = self.image_processor
+        factor = processor.patch_size * processor.merge_size
+        views = []
+        for image in self.capped_frames(sampled):
+            height, width = smart_resize(image.height, image.width, factor=factor,
+                                         min_pixels=processor.size["shortest_edge"], max_pixels=processor.size["longest_edge"])
+            views.append(image.convert("RGB").resize((width, height), resample=Image.Resampling(processor.resample)))
+        return views
+
     def media_inputs(self, sampled: SampledFrames) -> MediaInputs:
         """Patches and grid of one sampled media item: every frame fed twice, one grid for them all."""
         processor = self.image_processor
         repeat = processor.temporal_patch_size  # one real frame per temporal patch
-        min_pixels, max_pixels = self.rules.pixel_limits(repeat * len(sampled.images))
-        frames = [
-            self.normalised_frame(cap_pixels(image, min_pixels, max_pixels, sampled.source))
-            for image in sampled.images
-        ]
+        frames = [self.normalised_frame(image) for image in self.capped_frames(sampled)]
         sizes = sorted({frame.shape[1:] for frame in frames})
         if len(sizes) > 1:
             raise MediaError(f"{sampled.source}: frames of one video must share a size, got {sizes}")

@@ -106,8 +106,8 @@ def square_frame(image: Image.Image, pad_to_square: bool, background: tuple[int,
     return canvas
 
 
-def clip_pixels(image: Image.Image, settings: ImageSettings) -> np.ndarray:
-    """CLIP preprocessing of one RGB image -> float32 ``[3, crop, crop]``."""
+def clip_geometry(image: Image.Image, settings: ImageSettings) -> Image.Image:
+    """CLIP's resize (shortest side to ``size``) and centre crop of one RGB image: what the model sees."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(settings.size * long / short)
@@ -115,8 +115,12 @@ def clip_pixels(image: Image.Image, settings: ImageSettings) -> np.ndarray:
     image = image.resize(new_size, resample=settings.resample)
     left = (image.width - settings.crop_size) // 2
     top = (image.height - settings.crop_size) // 2
-    image = image.crop((left, top, left + settings.crop_size, top + settings.crop_size))
-    pixels = np.asarray(image, dtype=np.float64) * settings.rescale_factor
+    return image.crop((left, top, left + settings.crop_size, top + settings.crop_size))
+
+
+def clip_pixels(image: Image.Image, settings: ImageSettings) -> np.ndarray:
+    """CLIP preprocessing of one RGB image -> float32 ``[3, crop, crop]``."""
+    pixels = np.asarray(clip_geometry(image, settings), dtype=np.float64) * settings.rescale_factor
     pixels = (pixels - np.asarray(settings.mean)) / np.asarray(settings.std)
     return pixels.astype(np.float32).transpose(2, 0, 1)
 
@@ -339,13 +343,18 @@ class TarsierProcessor:
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``[n, 3, crop, crop]`` float32 pixels for RGB frames."""
-        background = tuple(int(x * 255) for x in self.image_settings.mean)
-        arrays = [
-            clip_pixels(square_frame(image.convert("RGB"), self.do_image_padding, background), self.image_settings)
-            for image in images
-        ]
+        arrays = [clip_pixels(self._squared(image), self.image_settings) for image in images]
         size = self.image_settings.crop_size
         return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size)
+
+    def model_view(self, frames: SampledFrames) -> list[Image.Image]:
+        """The frames as the model gets them, before normalisation: squared (stretched, or padded
+        with ``do_image_padding``), resized and cropped to 336 x 336 (the demo shows these)."""
+        return [clip_geometry(self._squared(image), self.image_settings) for image in frames.images]
+
+    def _squared(self, image: Image.Image) -> Image.Image:
+        background = tuple(int(x * 255) for x in self.image_settings.mean)
+        return square_frame(image.convert("RGB"), self.do_image_padding, background)
 
     def _media_inputs(self, frames: SampledFrames | None) -> dict[str, torch.Tensor]:
         """The model's media inputs for sampled frames ({} for none)."""

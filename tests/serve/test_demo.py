@@ -62,7 +62,10 @@ def test_load_shows_the_sampled_frames_captioned_with_their_source_index(callbac
     expected = engine[1].load_media(str(SAMPLES[0]), N_FRAMES)
     assert len(gallery) == N_FRAMES
     assert [caption for _, caption in gallery] == [f"frame {index}" for index in expected.indices]
-    assert [image.tobytes() for image, _ in gallery] == [image.tobytes() for image in expected.images]
+    # what the model gets (squared, resized, cropped), not the file's frames
+    views = engine[1].model_view(expected)
+    assert [image.tobytes() for image, _ in gallery] == [image.tobytes() for image in views]
+    assert gallery[0][0].size == (engine[1].image_settings.crop_size,) * 2
     assert chat == [] and conversation.session is None
     assert "shapes_1.mp4" in status and f"{N_FRAMES} of {expected.total_frames} frames" in status
     _, gallery, _, _ = callbacks.load(str(SAMPLES[0]), 2)  # the frames slider

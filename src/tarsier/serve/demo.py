@@ -81,7 +81,8 @@ class DemoCallbacks:
         except TarsierError as exc:  # the upload's temporary path means nothing to the user: show its name
             problem = str(exc).replace(path, name)
             return Conversation(name, None, problem=problem), [], [], f"⚠️ {problem}"
-        gallery = [(image, f"frame {index}") for image, index in zip(frames.images, frames.indices)]
+        # the frames as the model gets them (squared, resized, cropped), not as the file has them
+        gallery = [(image, f"frame {index}") for image, index in zip(self.processor.model_view(frames), frames.indices)]
         status = f"**{name}**: {len(frames.images)} of {frames.total_frames} frames ({frames.kind}). Ask a question."
         return Conversation(name, frames), gallery, [], status
 
@@ -171,8 +172,8 @@ def build_demo(
                 restart = gr.Button("Restart conversation", elem_id="restart")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(  # 4 a row: a row of 8 cut off its last frame
-                    label="Sampled frames (what the model sees)", columns=4, height="auto", object_fit="contain",
-                    format="jpeg", interactive=False, elem_id="gallery",
+                    label="Sampled frames (what the model sees)", columns=4, height=420, object_fit="contain",
+                    format="jpeg", interactive=False, allow_preview=False, elem_id="gallery",
                 )
                 status = gr.Markdown(UPLOAD_HINT, elem_id="status")  # beside the chat, where the eye is
                 chat = gr.Chatbot(label="Chat", buttons=["copy", "copy_all"], elem_id="chat")
