@@ -12,7 +12,9 @@ Baselines:
   with its default (growing) KV cache at batch 8, which is what tarsier ran before its engine;
   with ``--reference DIR``, also the original research code one video at a time, run by
   ``reference_driver.py`` under its own Python environment (a checkout of bytedance/tarsier, branch
-  ``tarsier``, with transformers 4.44 installed by hand; nothing of it is part of this project).
+  ``tarsier``, with transformers 4.44.2 and decord installed by hand; nothing of it is part of this
+  project). The videos are written as mp4 files; the original reads them with its own processor
+  (decord), ours gets the frames our reader decodes from the same files (the same pixels).
 
     python benchmarks/bench_core.py                         # small model, 8 videos, 32 and 512 new tokens
     python benchmarks/bench_core.py --quick                 # tiny model, fewer tokens: a smoke run
@@ -37,7 +39,6 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image
 from transformers import CLIPVisionModel
 
 from tarsier.generation import GenerationSettings, iter_tokens
@@ -178,14 +179,19 @@ class Generation:
 
 
 class ReferenceRun(Measure):
-    """The original code, one video at a time, in its own environment; its own timing is used."""
+    """The original code, one video at a time, in its own environment; its own timing is used.
 
-    def __init__(self, python: str, checkout: str, checkpoint: Path, frame_folders: list[Path], new_tokens: int):
+    ``seconds`` are its ``generate`` calls (the span timed for ours); ``input_seconds`` its decoding
+    and preparing of the inputs, which ours does before the timed span.
+    """
+
+    def __init__(self, python: str, checkout: str, checkpoint: Path, video_files: list[Path], new_tokens: int):
         super().__init__("reference", lambda: None, "cpu")
         self.command = [python, str(Path(__file__).with_name("reference_driver.py")), "--reference", checkout,
                         "--checkpoint", str(checkpoint), "--new-tokens", str(new_tokens),
-                        "--frames", *map(str, frame_folders)]
+                        "--threads", str(torch.get_num_threads()), "--videos", *map(str, video_files)]
         self.ids: list[list[int]] = []
+        self.input_seconds: list[float] = []
 
     def once(self) -> None:
         done = subprocess.run(self.command, capture_output=True, text=True)
@@ -193,6 +199,7 @@ class ReferenceRun(Measure):
             sys.exit(f"the reference run failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         self.seconds.append(result["seconds"])
+        self.input_seconds.append(result["input_seconds"])
         self.ids = result["ids"]
 
 
@@ -268,14 +275,11 @@ def main() -> None:
     # 3. Generation: N different videos, one at a time vs one batch (all rows run to the last token).
     rng = np.random.default_rng(0)
     side = model.config.vision_config.image_size
-    videos = [[Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(8)]
-              for _ in range(args.videos)]
-    frame_folders = []
-    for index, video in enumerate(videos):  # the same frames for the reference run
-        frame_folders.append(scratch / f"video{index}")
-        frame_folders[-1].mkdir()
-        for number, frame in enumerate(video):
-            frame.save(frame_folders[-1] / f"{number}.png")
+    video_files = []
+    for index in range(args.videos):  # mp4 files (8 frames each): the original reads them with decord
+        video_files.append(scratch / f"video{index}.mp4")
+        write_video(video_files[-1], (rng.integers(0, 255, (side, side, 3), dtype=np.uint8) for _ in range(8)))
+    videos = [load_frames(path, 8).images for path in video_files]  # the same pixels decord gives the original
     batch = processor(text=[PROMPT] * args.videos, videos=videos)
     singles = [processor(text=PROMPT, videos=[video]) for video in videos]
     positions = batch["input_ids"].shape[1]
@@ -297,7 +301,7 @@ def main() -> None:
                                    do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
             measures.append(Measure("generate", generate_default_cache, device))
         if args.reference:
-            reference = ReferenceRun(args.reference_python, args.reference, folder, frame_folders, n)
+            reference = ReferenceRun(args.reference_python, args.reference, folder, video_files, n)
             measures.append(reference)
         alternate(measures, args.rounds, warmup=False)  # warmed up above; a full extra run of 512 tokens costs minutes
         ours, sequential = measures[0], measures[1]
@@ -325,6 +329,8 @@ def main() -> None:
                          f"{reference.median / sequential.median:.2f}x faster"))
         report(f"generation: {args.videos} videos x 8 frames ({positions} positions each), {n} new tokens", rows)
         if args.reference:
+            print(f"original code, decoding and preparing the inputs (not in its seconds above): "
+                  f"{statistics.median(reference.input_seconds):.2f} s for {args.videos} videos (median)")
             same = reference.ids == [alone[i].ids[0] for i in range(args.videos)]
             print(f"greedy ids of the original code and ours, one at a time: {'identical' if same else 'DIFFERENT'}")
     shutil.rmtree(scratch, ignore_errors=True)

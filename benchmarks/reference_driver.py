@@ -1,17 +1,23 @@
-"""Times the original research code (bytedance/tarsier, branch ``tarsier``) on given frames.
+"""Times the original research code (bytedance/tarsier, branch ``tarsier``) on given video files.
 
 Run by ``bench_core.py --reference DIR --reference-python PYTHON``, never imported by tarsier: it
-runs under the original code's own environment (transformers 4.44), with DIR (a checkout of the
-original code, fetched and installed by hand, never committed here) on ``sys.path``. The videos
-arrive as folders of already sampled frames, so the original's video reader (decord) is not needed
-and is stubbed out if it is not installed. Without flash-attn (CUDA only) the original's LLM gets
-PyTorch's SDPA attention, the same maths.
+runs under the original code's own environment (transformers 4.44.2 and decord, installed by hand),
+with DIR (a checkout of the original code, never committed here) on ``sys.path``.
 
-Prints one JSON object: seconds for the whole set one video at a time (the original has no correct
-batching), per-video seconds, and the generated ids, so the caller can check that greedy outputs
-are equal.
+The original runs as its quick-start script runs it: its ``Processor`` reads each video file with
+decord (8 frames sampled evenly) and prepares the prompt, then ``model.generate`` is called with the
+script's settings (greedy, ``use_cache=True``; ``generate`` itself runs without gradients, so no
+``torch.inference_mode()`` is added). What differs, for a CPU: the weights stay in fp32 on the CPU
+(the script asks for fp16 and ``device_map="auto"``), without flash-attn (CUDA only) the LLM gets
+PyTorch's SDPA attention, the same maths, and the tokenizer file is rewritten for its older
+tokenizers (``legacy_tokenizer_copy``). ``min_new_tokens`` makes every video run to the last token, as ours does.
+Each video is warmed up once (2 tokens) before timing, as the caller warms up ours.
 
-    PYTHON reference_driver.py --reference DIR --checkpoint CKPT --frames F0 F1 ... --new-tokens 32
+Prints one JSON object: ``seconds`` (the ``generate`` calls, one video at a time, the span timed for
+ours), ``input_seconds`` (decoding and preparing the inputs), per-video seconds, and the generated
+ids, so the caller can check that greedy outputs are equal.
+
+    PYTHON reference_driver.py --reference DIR --checkpoint CKPT --videos V0.mp4 V1.mp4 ... --new-tokens 32
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import importlib.util
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 
@@ -41,7 +46,7 @@ def legacy_tokenizer_copy(checkpoint: Path) -> Path:
     """The checkpoint as the original's tokenizers (< 0.20) can read it: BPE merges as "a b" strings.
 
     Newer tokenizers write merges as pairs; the vocabulary and merges are unchanged. Other files
-    are linked, not copied.
+    are linked, not copied. Only loading differs; tokenizing is the same.
     """
     import tempfile
 
@@ -59,55 +64,59 @@ def legacy_tokenizer_copy(checkpoint: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", required=True, help="checkout of the original code (branch tarsier)")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--frames", nargs="+", required=True, help="one folder of PNG frames per video")
-    parser.add_argument("--new-tokens", type=int, required=True)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder (tarsier's format, which the original reads)")
+    parser.add_argument("--videos", nargs="+", required=True, help="video files, one generation each, read with decord")
+    parser.add_argument("--new-tokens", type=int, required=True, help="new tokens per video (every video runs to the last)")
+    parser.add_argument("--max-n-frames", type=int, default=8, help="frames sampled per video (default: 8, the script's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--prompt", default="<video>\nDescribe the video in detail.")
     args = parser.parse_args()
 
+    if importlib.util.find_spec("decord") is None:
+        sys.exit("reference_driver.py: the original reads videos with decord: pip install decord (or eva-decord)")
     sys.path.insert(0, args.reference)
-    import torch  # transformers probes for decord at import; the stub must come after that
-
-    import transformers  # noqa: F401
-
-    try:
-        import decord  # noqa: F401
-    except ImportError:  # only video files need it; we pass frames
-        sys.modules["decord"] = types.ModuleType("decord")
-    from PIL import Image
+    import torch
 
     import models.modeling_tarsier as original
     from dataset.processor import Processor
     from models.modeling_tarsier import LlavaConfig, TarsierForConditionalGeneration
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if importlib.util.find_spec("flash_attn") is None:  # CUDA-only; the original asks for it unconditionally
         original.AutoModelForCausalLM = _SdpaInstead(original.AutoModelForCausalLM)
 
     checkpoint = legacy_tokenizer_copy(Path(args.checkpoint))
-    processor = Processor(str(checkpoint), max_n_frames=8)
-    config = LlavaConfig.from_pretrained(str(checkpoint))
-    model = TarsierForConditionalGeneration.from_pretrained(str(checkpoint), config=config, torch_dtype=torch.float32)
+    processor = Processor(str(checkpoint), max_n_frames=args.max_n_frames)
+    config = LlavaConfig.from_pretrained(str(checkpoint), trust_remote_code=True)
+    model = TarsierForConditionalGeneration.from_pretrained(
+        str(checkpoint), config=config, torch_dtype=torch.float32, trust_remote_code=True
+    )
     model.eval()
 
-    videos = [[Image.open(p).convert("RGB") for p in sorted(Path(folder).glob("*.png"))] for folder in args.frames]
+    def inputs_for(video):  # what the quick-start script's process_one does before generating
+        inputs = processor(args.prompt, video, edit_prompt=True)
+        return {k: v.to(model.device) for k, v in inputs.items() if v is not None}
 
-    def one(frames, new_tokens):
-        inputs = processor(args.prompt, images=frames, edit_prompt=True)
-        inputs = {k: v for k, v in inputs.items() if v is not None}
-        with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True)
+    def generate(inputs, new_tokens):  # the script's generate_kwargs, run to the last token
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             top_p=1, temperature=0, use_cache=True)
         return out[0, inputs["input_ids"].shape[1] :].tolist()
 
-    for frames in videos:
-        one(frames, 2)  # warm-up, as the caller warms up ours
-    seconds, ids = [], []
-    for frames in videos:
+    for video in args.videos:
+        generate(inputs_for(video), 2)  # warm-up, as the caller warms up ours
+    seconds, input_seconds, ids = [], [], []
+    for video in args.videos:
         began = time.perf_counter()
-        ids.append(one(frames, args.new_tokens))
-        seconds.append(time.perf_counter() - began)
-    print(json.dumps({"seconds": sum(seconds), "per_video": seconds, "ids": ids}))
+        inputs = inputs_for(video)
+        ready = time.perf_counter()
+        ids.append(generate(inputs, args.new_tokens))
+        seconds.append(time.perf_counter() - ready)
+        input_seconds.append(ready - began)
+    print(json.dumps({"seconds": sum(seconds), "input_seconds": sum(input_seconds), "per_video": seconds,
+                      "threads": torch.get_num_threads(), "ids": ids}))
 
 
 if __name__ == "__main__":
