@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from media_factory import make_image
+
 from tarsier.cli import main
 from tarsier.generation import ChatSession, GenerationSettings
 from tarsier.runtime import load_pretrained
@@ -256,6 +258,16 @@ def test_the_page_in_a_headless_browser(chromium, demo_url, engine, corrupt_vide
     page.locator("#question textarea").press("Enter")
     expect(page.locator("#status")).not_to_contain_text("Upload a video")
     expect(page.locator("#status")).to_contain_text("bad.mp4: cannot open as a video")
+
+    # a lone small image is one square thumbnail of the model's view, not blown up across the gallery
+    still = corrupt_video.with_name("small.png")
+    make_image(still, 3, size=(64, 48))
+    page.locator("#media button[aria-label=Clear]").click()
+    page.locator("#media input[type=file]").set_input_files(still)
+    expect(page.locator("#status")).to_contain_text("small.png: 1 of 1 frames")
+    expect(page.locator("#gallery img")).to_have_count(1)
+    thumbnail, gallery = page.locator("#gallery img").bounding_box(), page.locator("#gallery").bounding_box()
+    assert thumbnail["width"] < gallery["width"] / 3 and abs(thumbnail["width"] - thumbnail["height"]) < 2
     assert "Traceback" not in page.content()
     assert outside == []
     page.close()

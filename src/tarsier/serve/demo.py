@@ -171,8 +171,8 @@ def build_demo(
                 max_new_tokens = gr.Slider(1, longest, settings.max_new_tokens, step=1, label="Max new tokens")
                 restart = gr.Button("Restart conversation", elem_id="restart")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(  # 4 a row: a row of 8 cut off its last frame
-                    label="Sampled frames (what the model sees)", columns=4, height=420, object_fit="contain",
+                gallery = gr.Gallery(  # 4 a row (8 cut off the last), never fewer: a lone image is not blown up
+                    label="Sampled frames (what the model sees)", columns=4, fit_columns=False, height=420, object_fit="contain",
                     format="jpeg", interactive=False, allow_preview=False, elem_id="gallery",
                 )
                 status = gr.Markdown(UPLOAD_HINT, elem_id="status")  # beside the chat, where the eye is
