@@ -105,13 +105,13 @@ def record_key(record: dict, items: dict[str, MediaInput], max_frames: int) -> s
     return key
 
 
-def done_in(records: list[dict], items: dict[str, MediaInput], max_frames: int) -> set[str]:
-    """Keys of ``items`` that ``records`` already hold.
+def done_in(records: list[dict], keys: list[str | None], items: dict[str, MediaInput]) -> set[str]:
+    """Keys of ``items`` that ``records`` (whose :func:`record_key` are ``keys``) already hold.
 
     Records written before keys existed carry only a path: such a record stands for an item only
     when exactly one input has that path (the one case the old path-keyed resume got right).
     """
-    done = {key for key in (record_key(record, items, max_frames) for record in records) if key in items}
+    done = {key for key in keys if key in items}
     legacy_paths = {canonical_path(record["path"]) for record in records
                     if "key" not in record and isinstance(record.get("path"), str)}
     if legacy_paths:
@@ -151,12 +151,13 @@ def caption(args: argparse.Namespace, output: Path, sharded: bool, by_key: dict[
         dropped = output_file.drop(lambda record: bool(record.get("error")))
         print(f"retrying {dropped} failed item(s)", file=sys.stderr)
     records = output_file.records()
-    done = done_in(records, by_key, args.max_frames)
+    keys = [record_key(record, by_key, args.max_frames) for record in records]
+    done = done_in(records, keys, by_key)
     todo = [key for key in by_key if key not in done]
     if args.limit is not None:
         todo = todo[: args.limit]
     print(f"{len(by_key)} inputs, {len(done)} already in {output}, {len(todo)} to caption", file=sys.stderr)
-    failed_before = sum(1 for r in records if r.get("error") and record_key(r, by_key, args.max_frames) in done)
+    failed_before = sum(1 for record, key in zip(records, keys) if record.get("error") and key in done)
     if failed_before:
         print(
             f"{failed_before} of them failed in an earlier run (their errors are in {output}); "

@@ -270,7 +270,8 @@ class Scheduler:
             if len(jobs) > 1:  # one row's failure ends that row only: the others go on alone
                 for row, job in enumerate(jobs):
                     if row not in ended:
-                        self._run_batch([_continued(job, sent[row])])
+                        _continue_after(job, sent[row])
+                        self._run_batch([job])
                 return
             for row, job in enumerate(jobs):
                 if row not in ended:
@@ -306,15 +307,13 @@ class Scheduler:
             self.stats.generated_tokens += len(step)
 
 
-def _continued(job: Job, sent: list[int]) -> Job:
-    """The job that generates the rest of ``job``'s reply after the tokens it has already sent: its
-    prompt then those tokens, as the batch's cache held them, so greedy replies come out unchanged."""
-    if not sent:
-        return job
-    settings = replace(job.settings, max_new_tokens=job.settings.max_new_tokens - len(sent))
-    continued = Job(job.ids + sent, job.media, settings, job.on_token, job.on_end, queued_at=job.queued_at)
-    continued.cancelled = job.cancelled
-    return continued
+def _continue_after(job: Job, sent: list[int]) -> None:
+    """Make ``job`` generate the rest of its reply after the tokens it has already sent: its prompt
+    then those tokens, as the batch's cache held them, so greedy replies come out unchanged. The job
+    itself changes (not a copy), so a client that leaves meanwhile still cancels it."""
+    if sent:
+        job.ids = job.ids + sent
+        job.settings = replace(job.settings, max_new_tokens=job.settings.max_new_tokens - len(sent))
 
 
 class _CancelledRows:
