@@ -41,10 +41,11 @@ import numpy as np
 import torch
 from transformers import CLIPVisionModel
 
-from tarsier.generation import GenerationSettings, iter_tokens
+from tarsier.engine.device import resolve_device, resolve_dtype
+from tarsier.engine.generation import GenerationSettings, iter_tokens
+from tarsier.engine.loading import load_model
 from tarsier.media import load_frames, write_video
-from tarsier.processor import TarsierProcessor
-from tarsier.runtime import load_model, resolve_device, resolve_dtype
+from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.testing import build_random_checkpoint
 
 CACHE = Path.home() / ".cache" / "tarsier-bench"

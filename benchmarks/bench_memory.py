@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tarsier.media import load_frames, write_video
-from tarsier.processor import ImageSettings, TarsierProcessor
+from tarsier.models.tarsier.processing_tarsier import ImageSettings, TarsierProcessor
 
 
 def rss_mib() -> float:

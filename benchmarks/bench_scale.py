@@ -1,7 +1,7 @@
 """``--engine ray`` against the in-process engine: throughput, overhead, start-up, and driver memory.
 
 1. Throughput. The same N synthetic clips (each with one of four prompts, so batches pad) through
-   the in-process :class:`~tarsier.inference.Describer` (batch B, ``--decode-workers`` decode
+   the in-process :class:`~tarsier.engine.describer.Describer` (batch B, ``--decode-workers`` decode
    threads, torch's default threads) and through :class:`~tarsier.scale.ray_describer.RayDescriber`
    with each replica count in ``--replicas`` (``--cpus-per-replica`` CPUs and torch threads each,
    ``--decode-workers`` decode tasks). The configurations run in turn, once per round, the order
@@ -305,8 +305,8 @@ def ray_init(ray: Any, num_cpus: int) -> float:
 def throughput(args: argparse.Namespace, folder: Path, requests: list[Any], device: str, ray: Any) -> None:
     import torch
 
-    from tarsier.generation import GenerationSettings
-    from tarsier.inference import Describer
+    from tarsier.engine.describer import Describer
+    from tarsier.engine.generation import GenerationSettings
     from tarsier.scale.ray_describer import RayDescriber, RaySettings
 
     generation = GenerationSettings(max_new_tokens=args.new_tokens)
@@ -421,7 +421,7 @@ def gpus_per_replica(args: argparse.Namespace, device: str, replicas: int) -> fl
 def decode_stage(ray: Any, folder: Path, manifest: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The manifest's items through the Ray engine's decode stage alone; the driver's memory along the way."""
     from tarsier.cli.inputs import read_input_list
-    from tarsier.inference import DescribeRequest
+    from tarsier.engine.describer import DescribeRequest
     from tarsier.scale.ray_describer import _Decoder, _request_row
 
     peak_rss_reset()
@@ -509,7 +509,7 @@ def driver_memory(ray: Any, scratch: Path, args: argparse.Namespace) -> None:
 
 # -- 4: decode workers vs GPU utilisation ----------------------------------------------------------
 def decode_sweep(args: argparse.Namespace, folder: Path, requests: list[Any], device: str, workers: list[int]) -> None:
-    from tarsier.generation import GenerationSettings
+    from tarsier.engine.generation import GenerationSettings
     from tarsier.scale.ray_describer import RayDescriber, RaySettings
 
     generation = GenerationSettings(max_new_tokens=args.new_tokens)
@@ -589,7 +589,7 @@ def main() -> int:
     import torch
 
     from tarsier.cli.inputs import MediaInput
-    from tarsier.inference import DescribeRequest
+    from tarsier.engine.describer import DescribeRequest
     from tarsier.scale.ray_describer import require_ray
     from tarsier.testing import build_random_checkpoint
 

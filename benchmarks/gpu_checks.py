@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tarsier.generation import GenerationSettings, generate_ids
-from tarsier.inference import Describer, DescribeRequest
+from tarsier.engine.decode_loop import compile_decode_step
+from tarsier.engine.describer import Describer, DescribeRequest
+from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.loading import load_model
 from tarsier.media import write_video
-from tarsier.processor import TarsierProcessor
-from tarsier.runtime import load_model
-from tarsier.engine import compile_decode_step
+from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.testing import build_random_checkpoint, build_random_tarsier2_checkpoint
 
 FAILURES: list[str] = []
@@ -120,7 +120,7 @@ def inference_checks(family: str, checkpoint: Path, clips: list[Path]) -> None:
 def training_check(checkpoint: Path, clips: list[Path], work: Path) -> None:
     import json
 
-    from tarsier.model import TarsierForConditionalGeneration
+    from tarsier.models.tarsier.modeling_tarsier import TarsierForConditionalGeneration
     from tarsier.train.config import config_from_dict
     from tarsier.train.trainer import train
 

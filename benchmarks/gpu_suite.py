@@ -37,8 +37,12 @@ from pathlib import Path
 
 import torch
 
-from tarsier.engine import DecodeSettings, Sampler, compile_decode_step, decode
-from tarsier.model import Tarsier2Config, Tarsier2ForConditionalGeneration, TarsierConfig, TarsierForConditionalGeneration
+from tarsier.engine.decode_loop import compile_decode_step, decode
+from tarsier.engine.sampling import DecodeSettings, Sampler
+from tarsier.models.tarsier.configuration_tarsier import TarsierConfig
+from tarsier.models.tarsier.modeling_tarsier import TarsierForConditionalGeneration
+from tarsier.models.tarsier2.configuration_tarsier2 import Tarsier2Config
+from tarsier.models.tarsier2.modeling_tarsier2 import Tarsier2ForConditionalGeneration
 from tarsier.testing import Preset, Tarsier2Preset, official_config, tarsier2_official_config
 
 RESULTS: dict = {}

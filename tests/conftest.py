@@ -1,6 +1,7 @@
 """Shared fixtures: random checkpoints in the official layout (built once per test session)."""
 
 import pytest
+import torch
 
 from tarsier.testing import build_random_checkpoint
 
@@ -39,3 +40,17 @@ def tarsier2_checkpoint(tmp_path_factory):
     from tarsier.testing import build_random_tarsier2_checkpoint
 
     return build_random_tarsier2_checkpoint(tmp_path_factory.mktemp("tarsier2-checkpoint"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_training(request):
+    """Tests under train/ and shapes/ train tiny models, which gain nothing from intra-op threads;
+    on shared cores spinning OpenMP threads slow every step down many times. Other tests keep
+    their thread count."""
+    if request.path.parent.name not in ("train", "shapes"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,8 @@
 import pytest
 
 from tarsier import PromptError
-from tarsier.prompting import CHAT_TEMPLATES, default_prompt, format_prompt, split_frame, template_for_eos
+from tarsier.models.tarsier.prompting_tarsier import CHAT_TEMPLATES, format_prompt, template_for_eos
+from tarsier.prompting import default_prompt, split_frame
 
 
 def test_video_prompt_expands_to_one_image_per_frame_inside_the_user_frame():

@@ -1,4 +1,4 @@
-"""tarsier: Tarsier video-language models -- media -> processor -> model -> generation.
+"""tarsier: Tarsier video-language models -- media -> model families -> engine -> applications.
 
     from tarsier import TarsierForConditionalGeneration, TarsierProcessor, describe
 
@@ -13,15 +13,19 @@ from typing import Any
 from tarsier.errors import CheckpointError, MediaError, PromptError, TarsierError
 
 _LAZY = {
-    "TarsierConfig": "tarsier.model",
-    "TarsierForConditionalGeneration": "tarsier.model",
-    "TarsierProcessor": "tarsier.processor",
-    "GenerationSettings": "tarsier.generation",
-    "ChatSession": "tarsier.generation",
-    "Describer": "tarsier.inference",
-    "DescribeRequest": "tarsier.inference",
-    "DescribeResult": "tarsier.inference",
-    "describe": "tarsier.inference",
+    "TarsierConfig": "tarsier.models.tarsier.configuration_tarsier",
+    "TarsierForConditionalGeneration": "tarsier.models.tarsier.modeling_tarsier",
+    "TarsierProcessor": "tarsier.models.tarsier.processing_tarsier",
+    "Tarsier2Config": "tarsier.models.tarsier2.configuration_tarsier2",
+    "Tarsier2ForConditionalGeneration": "tarsier.models.tarsier2.modeling_tarsier2",
+    "Tarsier2Processor": "tarsier.models.tarsier2.processing_tarsier2",
+    "GenerationSettings": "tarsier.engine.generation",
+    "ChatSession": "tarsier.engine.chat",
+    "Describer": "tarsier.engine.describer",
+    "DescribeRequest": "tarsier.engine.describer",
+    "DescribeResult": "tarsier.engine.describer",
+    "describe": "tarsier.engine.describer",
+    "load_pretrained": "tarsier.engine.loading",
     "load_frames": "tarsier.media",
 }
 

@@ -1,10 +1,12 @@
-"""Where checkpoints come from: a local folder or a hub id, checked before anything loads.
+"""Where checkpoints come from (a local folder or a hub id, checked before anything loads) and
+reading their JSON files.
 
 Kept free of torch/transformers imports so the CLI can use it while staying quick to start.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,9 +58,9 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str]
         raise CheckpointError(f"{name_or_path}: could not download from the hub ({type(exc).__name__}: {reason})") from None
 
 
-def checkpoint_folder(name_or_path: str | os.PathLike) -> Path:
+def checkpoint_folder(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
     """A complete checkpoint folder (downloaded if a hub id) or a one-line CheckpointError."""
-    folder = resolve_checkpoint_dir(name_or_path, MODEL_FILES)
+    folder = resolve_checkpoint_dir(name_or_path, MODEL_FILES, **hub_kwargs)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: missing config.json")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
@@ -66,3 +68,22 @@ def checkpoint_folder(name_or_path: str | os.PathLike) -> Path:
     if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()):
         raise CheckpointError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model)")
     return folder
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file, or a one-line CheckpointError naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_generation_config(folder: Path) -> dict[str, Any]:
+    """The checkpoint's ``generation_config.json`` ({} without one): the reference's ``generate()``
+    applies what it sets and a call leaves unset (EOS ids, a repetition penalty), so we do too."""
+    path = folder / "generation_config.json"
+    return read_json_object(path) if path.is_file() else {}
+

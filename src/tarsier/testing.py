@@ -191,8 +191,9 @@ def build_random_checkpoint(
     max_shard_size: str = "2MB",
 ) -> Path:
     """Write a random Tarsier checkpoint to ``folder`` in the official layout and return the path."""
-    from tarsier.model import TarsierConfig, TarsierForConditionalGeneration
-    from tarsier.processor import ImageSettings
+    from tarsier.models.tarsier.configuration_tarsier import TarsierConfig
+    from tarsier.models.tarsier.modeling_tarsier import TarsierForConditionalGeneration
+    from tarsier.models.tarsier.processing_tarsier import ImageSettings
 
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -406,7 +407,8 @@ def build_random_tarsier2_checkpoint(
     ``auto_map`` entries that must be ignored), sharded safetensors with an index, tokenizer.json and
     tokenizer_config.json, chat_template.json, preprocessor_config.json, generation_config.json.
     """
-    from tarsier.model import Tarsier2Config, Tarsier2ForConditionalGeneration
+    from tarsier.models.tarsier2.configuration_tarsier2 import Tarsier2Config
+    from tarsier.models.tarsier2.modeling_tarsier2 import Tarsier2ForConditionalGeneration
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

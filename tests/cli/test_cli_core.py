@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from media_factory import make_video
-from tarsier.generation import GenerationSettings
-from tarsier.inference import DescribeRequest, Describer
+
+from tarsier.engine.describer import Describer, DescribeRequest
+from tarsier.engine.generation import GenerationSettings
 
 TARSIER = str(Path(sys.executable).with_name("tarsier"))
 

@@ -286,8 +286,8 @@ def generated(checkpoint, prompt, media, max_new_tokens=5, n_frames=4):
     """What transformers' generate writes for ``prompt`` about ``media`` (greedy), decoded as bench run does."""
     import torch
 
-    from tarsier.model import TarsierForConditionalGeneration
-    from tarsier.processor import TarsierProcessor
+    from tarsier.models.tarsier.modeling_tarsier import TarsierForConditionalGeneration
+    from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 
     model = TarsierForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
     processor = TarsierProcessor.from_pretrained(checkpoint, max_n_frames=n_frames)

@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
-
 from media_factory import make_empty_video, make_video
-from tarsier.train.shapes_world import write_clips
+
 from tarsier.cli import main
 from tarsier.scale.shards import read_shard_records, shard_files
+from tarsier.shapes.world import write_clips
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 

@@ -16,10 +16,10 @@ import httpx
 import openai
 import pytest
 import uvicorn
-
 from media_factory import make_image, make_video
-from tarsier.generation import GenerationSettings, generate_ids
-from tarsier.runtime import load_pretrained
+
+from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.loading import load_pretrained
 from tarsier.serve.api import ServeConfig, create_app
 from tarsier.serve.media_sources import MediaPolicy
 

@@ -11,14 +11,14 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from media_factory import make_image
 
 from tarsier.cli import main
-from tarsier.generation import ChatSession, GenerationSettings
-from tarsier.runtime import load_pretrained
+from tarsier.engine.chat import ChatSession
+from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.loading import load_pretrained
+from tarsier.engine.scheduler import Scheduler
 from tarsier.serve.demo import SAMPLES, UPLOAD_HINT, DemoCallbacks, build_demo
-from tarsier.serve.scheduler import Scheduler
 
 TARSIER = str(Path(sys.executable).with_name("tarsier"))
 N_FRAMES = 4

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from tarsier.media import write_video
 from tarsier.prompting import IGNORE_INDEX
@@ -22,16 +21,6 @@ def coloured_clip(path, colour, frames=6, size=(48, 48)):
         images.append(frame)
     write_video(path, images, fps=6)
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on shared cores spinning OpenMP threads
-    slow every step down many times; other tests get their thread count back."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

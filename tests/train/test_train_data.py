@@ -9,7 +9,7 @@ import pytest
 from conftest import chat, target_runs, write_jsonl
 
 from tarsier import TarsierError
-from tarsier.processor import TarsierProcessor
+from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.prompting import IGNORE_INDEX
 from tarsier.train.adapters import ADAPTERS, MC_INSTRUCTION
 from tarsier.train.config import DataSettings, SourceSettings

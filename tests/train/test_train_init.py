@@ -5,15 +5,15 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_config
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from conftest import make_config
 from tarsier import CheckpointError, TarsierError, TarsierForConditionalGeneration
-from tarsier.generation import GenerationSettings
-from tarsier.inference import DescribeRequest, Describer
-from tarsier.processor import TarsierProcessor
-from tarsier.train.init import assemble_from_components
+from tarsier.engine.describer import Describer, DescribeRequest
+from tarsier.engine.generation import GenerationSettings
+from tarsier.models.tarsier.assembly import assemble_from_components
+from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.train.trainer import train
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14)

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from conftest import chat, make_config, target_runs, write_jsonl
 
 from tarsier import TarsierForConditionalGeneration
-from tarsier.generation import GenerationSettings
-from tarsier.inference import DescribeRequest, Describer
-from tarsier.processor import TarsierProcessor
+from tarsier.engine.describer import Describer, DescribeRequest
+from tarsier.engine.generation import GenerationSettings
+from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.prompting import IGNORE_INDEX
 from tarsier.testing import QWEN2_SPECIAL_IDS
 from tarsier.train.data import Collator

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import chat, make_config, write_jsonl
+
 from tarsier import TarsierError, TarsierForConditionalGeneration
 from tarsier.cli import main
-from tarsier.inference import DescribeRequest, Describer
-from tarsier.generation import GenerationSettings
+from tarsier.engine.describer import Describer, DescribeRequest
+from tarsier.engine.generation import GenerationSettings
 from tarsier.train.trainer import train
 
 

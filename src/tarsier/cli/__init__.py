@@ -2,6 +2,7 @@
 
 Heavy imports (torch, transformers) happen inside the commands, so ``tarsier --help`` is instant.
 A :class:`~tarsier.errors.TarsierError` becomes one ``tarsier: error: ...`` line and exit code 2.
+Imports the engine, eval, train, serve and scale packages, and models only through :mod:`tarsier.models.auto`.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def caption(args: argparse.Namespace, output: Path, sharded: bool, by_key: dict[
     """The captioning run proper; the caller holds the output's lock."""
     from tqdm import tqdm
 
-    from tarsier.inference import DescribeRequest
+    from tarsier.engine.describer import DescribeRequest
 
     output_file = OutputFile(output, sharded, args.shard_size)
     if args.retry_errors:

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from tarsier.media import media_kind
 
     media_kind(args.path)  # a bad path fails before the model loads
-    from tarsier.generation import ChatSession
+    from tarsier.engine.chat import ChatSession
 
     settings = generation_from_args(args)
     model, processor = load_from_args(args)

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_options(args)
     settings = generation_from_args(args)
     check_port_free(args.host, args.port)  # before minutes of loading a large model, not after
+    from tarsier.engine.scheduler import Scheduler
     from tarsier.serve.demo import build_demo, launch_demo
-    from tarsier.serve.scheduler import Scheduler
 
     model, processor = load_from_args(args)
     warn_if_exposed(args.host, "the demo")

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:  # the record a script reading the JSON lines expects, then the usual exit code
                 print(json.dumps(_record(items[0].path, args.prompt, None, [], str(exc)), ensure_ascii=False))
             raise
-    from tarsier.inference import DescribeRequest, Describer
+    from tarsier.engine.describer import Describer, DescribeRequest
 
     model, processor = load_from_args(args)
     describer = Describer(model, processor, generation=generation_from_args(args), batch_size=args.batch_size)

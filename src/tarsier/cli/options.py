@@ -58,7 +58,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def load_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """Model and processor as the model options say."""
-    from tarsier.runtime import load_pretrained
+    from tarsier.engine.loading import load_pretrained
 
     return load_pretrained(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
                            progress=not args.no_progress, compile=args.compile)
@@ -100,7 +100,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_from_args(args: argparse.Namespace):
-    from tarsier.generation import GenerationSettings
+    from tarsier.engine.generation import GenerationSettings
 
     return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty)
@@ -108,8 +108,8 @@ def generation_from_args(args: argparse.Namespace):
 
 def check_model_options(args: argparse.Namespace) -> None:
     """Reject bad model and generation options before anything heavy is imported or loaded."""
+    from tarsier.engine.device import check_device_name, check_dtype_name
     from tarsier.errors import TarsierError
-    from tarsier.runtime import check_device_name, check_dtype_name
 
     check_device_name(args.device)
     check_dtype_name(args.dtype)
@@ -140,7 +140,7 @@ def settle_max_frames(args: argparse.Namespace) -> int:
     Jobs that resume record the frame count with each result, so it must be a number before the
     first result is compared, not only once the model has loaded."""
     if args.max_frames is None:
-        from tarsier.processor import default_frame_count
+        from tarsier.models.auto import default_frame_count
 
         args.max_frames = default_frame_count(args.model)
     return args.max_frames
@@ -175,7 +175,7 @@ def make_describer(args: argparse.Namespace, generation: Any) -> Any:
                                decode_workers=args.decode_workers)
         return RayDescriber(args.model, device=args.device, dtype=args.dtype, max_n_frames=args.max_frames,
                             batch_size=args.batch_size, generation=generation, settings=settings, compile=args.compile)
-    from tarsier.inference import Describer
+    from tarsier.engine.describer import Describer
 
     model, processor = load_from_args(args)
     return Describer(model, processor, generation=generation, batch_size=args.batch_size, num_workers=args.num_workers)

@@ -96,14 +96,14 @@ def run(args: argparse.Namespace) -> int:
 
 def run_shapes_demo(args: argparse.Namespace) -> int:
     from tarsier.errors import TarsierError
-    from tarsier.train import shapes_demo
+    from tarsier.shapes import demo_model
 
     if args.init_only or args.resume:
         raise TarsierError("the shapes-demo recipe always runs end to end (no --init-only / --resume)")
     if args.print_config:
-        configs = shapes_demo.stage_configs(args.output or "OUTPUT", args.overrides)
-        sizes = shapes_demo.demo_sizes(configs, shapes_demo.split_overrides(args.overrides)[1])
-        sys.stdout.write(f"# shapes-demo data: {shapes_demo.describe_sizes(sizes)} (--set demo.clips=N, ...)\n")
+        configs = demo_model.stage_configs(args.output or "OUTPUT", args.overrides)
+        sizes = demo_model.demo_sizes(configs, demo_model.split_overrides(args.overrides)[1])
+        sys.stdout.write(f"# shapes-demo data: {demo_model.describe_sizes(sizes)} (--set demo.clips=N, ...)\n")
         for config in configs:
             sys.stdout.write(f"# --- {config.stage} ---\n{config.to_yaml()}")
         return 0
@@ -111,14 +111,14 @@ def run_shapes_demo(args: argparse.Namespace) -> int:
         raise TarsierError("--output is required: the folder for the data, both stages and the report")
     from pathlib import Path
 
-    shapes_demo.stage_configs(args.output, args.overrides)  # a bad --set is reported before anything is written
+    demo_model.stage_configs(args.output, args.overrides)  # a bad --set is reported before anything is written
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise TarsierError(f"{args.output}: is a file; --output names a folder")
     try:
         Path(args.output).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TarsierError(f"{args.output}: cannot create the output folder ({exc.strerror or exc})") from None
-    shapes_demo.run_demo(args.output, overrides=args.overrides, progress=not args.no_progress)
+    demo_model.run_demo(args.output, overrides=args.overrides, progress=not args.no_progress)
     return 0
 
 

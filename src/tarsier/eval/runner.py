@@ -29,7 +29,7 @@ SHOW_MISSING = 3
 
 
 class DescriberLike(Protocol):
-    """What the runner needs from :class:`tarsier.inference.Describer`."""
+    """What the runner needs from :class:`tarsier.engine.describer.Describer`."""
 
     def run(self, requests: Iterable[Any]) -> Iterable[Any]: ...
 
@@ -192,7 +192,7 @@ def run(work: Plan, describer: DescriberLike, settings: RunSettings) -> tuple[in
     """Run the planned items through ``describer`` and append their records; returns (ok, failed)."""
     from tqdm.auto import tqdm
 
-    from tarsier.inference import DescribeRequest
+    from tarsier.engine.describer import DescribeRequest
 
     if not work.todo:
         return 0, 0

@@ -1,10 +1,10 @@
-"""The Ray engine: the same ``run(requests) -> results`` as :class:`~tarsier.inference.Describer`, on Ray Data.
+"""The Ray engine: the same ``run(requests) -> results`` as :class:`~tarsier.engine.describer.Describer`, on Ray Data.
 
 ``tarsier caption --engine ray`` and ``tarsier bench run --engine ray`` swap their describer for this
 one and keep everything else (inputs, keys, resume, output writing) as it is in process.
 
 The pipeline is Ray Data's streaming executor: requests -> decode and preprocess in CPU tasks
-(:func:`tarsier.inference.prepare_request`, frames sampled exactly as in process; a media error
+(:func:`tarsier.engine.describer.prepare_request`, frames sampled exactly as in process; a media error
 becomes an error row) -> model actors, one loaded model each, generating in the project's length-
 grouped batches (:meth:`Describer.describe_prepared`) -> results streamed back to the driver, which
 writes them as they come. Ray applies backpressure between the stages, so decoded pixels never
@@ -25,23 +25,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tarsier.engine.describer import GROUPING_WINDOW, DescribeRequest, DescribeResult
+from tarsier.engine.generation import GenerationSettings
 from tarsier.errors import MediaError, TarsierError
 from tarsier.scale.local_ray import LocalRayRun, RaySettings, require_ray
-from tarsier.generation import GenerationSettings
-from tarsier.inference import GROUPING_WINDOW, DescribeRequest, DescribeResult
 
 
 @functools.lru_cache(maxsize=4)
 def _processor(folder: str, max_n_frames: int | None) -> Any:
     """One processor per Ray worker process (and checkpoint), loaded on first use."""
-    from tarsier.processor import TarsierProcessor
+    from tarsier.models import auto
 
-    return TarsierProcessor.from_pretrained(folder, max_n_frames=max_n_frames)
+    return auto.load_processor(folder, max_n_frames=max_n_frames)
 
 
 def _decode_row(row: dict[str, Any], folder: str, max_n_frames: int | None) -> dict[str, Any]:
     """A Ray task: fetch, sample and preprocess one request; a media error becomes the row's error."""
-    from tarsier.inference import PreparedRequest, prepare_request
+    from tarsier.engine.describer import PreparedRequest, prepare_request
 
     media = json.loads(row["media"])
     request = DescribeRequest(key=row["key"], media=media, prompt=_optional(row["prompt"]),
@@ -104,8 +104,8 @@ class _Captioner:
     def __init__(self) -> None:
         import torch
 
-        from tarsier.inference import Describer
-        from tarsier.runtime import load_pretrained
+        from tarsier.engine.describer import Describer
+        from tarsier.engine.loading import load_pretrained
 
         config = self.config
         if config.threads > 0:
@@ -270,7 +270,7 @@ def _prepared_from(row: dict[str, Any]) -> Any:
     import numpy as np
     import torch
 
-    from tarsier.inference import PreparedRequest
+    from tarsier.engine.describer import PreparedRequest
 
     request = DescribeRequest(key=str(row["key"]), media=json.loads(row["media"]))
     media_inputs = {}

@@ -1,5 +1,5 @@
-"""Serving: one loaded model shared by many callers.
+"""Serving over HTTP: the OpenAI-compatible API (``tarsier serve``) and the Gradio demo (``tarsier demo``).
 
-``scheduler`` batches concurrent requests on one model thread; ``api`` is the OpenAI-compatible
-HTTP server (``tarsier serve``); ``demo`` is the Gradio web page (``tarsier demo``).
+Protocol parsing, media sources, metrics and the web page live here; batching and the model thread
+are the engine's (:mod:`tarsier.engine.scheduler`). Imports the engine and media; never a family.
 """

@@ -1,7 +1,7 @@
 """``tarsier serve``: an OpenAI-compatible chat-completions server for video (FastAPI + uvicorn).
 
 A request's media is fetched and decoded in a worker pool, its prompt built with the model's chat
-template, and its generation queued on the :class:`~tarsier.serve.scheduler.Scheduler`, which
+template, and its generation queued on the :class:`~tarsier.engine.scheduler.Scheduler`, which
 batches requests that arrive together. Replies stream back per request (SSE) or come whole.
 
 Every refusal is an OpenAI-style error body with one line of message and the status a client
@@ -35,11 +35,10 @@ from tarsier.serve.protocol import ApiError, ChatRequest, parse_chat_request
 if TYPE_CHECKING:
     import torch
 
-    from tarsier.model import TarsierForConditionalGeneration
-    from tarsier.processor import TarsierProcessor
-    from tarsier.serve.scheduler import Scheduler
+    from tarsier.engine.scheduler import Scheduler
+    from tarsier.models.interface import FamilyModel, FamilyProcessor
 
-Loader = Callable[[], "tuple[TarsierForConditionalGeneration, TarsierProcessor]"]
+Loader = Callable[[], "tuple[FamilyModel, FamilyProcessor]"]
 
 
 @dataclass
@@ -91,8 +90,8 @@ class _Reply:
 class _ReplyText:
     """Token ids in, text out: whole words as transformers' streamer cuts them, stop strings applied."""
 
-    def __init__(self, processor: TarsierProcessor, stop: list[str]):
-        from tarsier.generation import TextPieces
+    def __init__(self, processor: FamilyProcessor, stop: list[str]):
+        from tarsier.engine.generation import TextPieces
 
         self.pieces = TextPieces(processor.tokenizer)
         self.stop_ids = set(processor.eos_token_ids)
@@ -142,7 +141,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
     media_pool = ThreadPoolExecutor(config.media_workers, thread_name_prefix="tarsier-media")
 
     def load_model() -> None:
-        from tarsier.serve.scheduler import Scheduler
+        from tarsier.engine.scheduler import Scheduler
 
         try:
             model, processor = load()
@@ -150,7 +149,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
             state["scheduler"] = Scheduler(model, processor, max_batch_size=config.max_batch_size,
                                            batch_wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
         except Exception as exc:  # reported by /health and every request
-            from tarsier.inference import one_line
+            from tarsier.engine.describer import one_line
 
             state["error"] = one_line(exc)
 
@@ -182,7 +181,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        from tarsier.inference import one_line
+        from tarsier.engine.describer import one_line
 
         metrics.observe(500)
         return JSONResponse(ApiError(500, f"internal error: {one_line(exc)}").body(), status_code=500)
@@ -233,7 +232,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
             raise ApiError(503, f"the server is busy: {config.max_queue} requests are already waiting; retry shortly")
         loop = asyncio.get_running_loop()
         reply = _Reply(loop)
-        from tarsier.serve.scheduler import Job, QueueFull, ShuttingDown
+        from tarsier.engine.scheduler import Job, QueueFull, ShuttingDown
 
         with scheduler.preparing():  # the next batch waits for this request's media
             prepared = await loop.run_in_executor(media_pool, _prepare, processor, chat, config)
@@ -327,7 +326,7 @@ def _nesting(value: Any) -> int:
     return deepest
 
 
-def _prepare(processor: TarsierProcessor, chat: ChatRequest, config: ServeConfig) -> _Prepared:
+def _prepare(processor: FamilyProcessor, chat: ChatRequest, config: ServeConfig) -> _Prepared:
     """Fetch and sample the media, build the prompt ids with the processor's chat template (either
     family: the media in the first user turn, earlier assistant turns included); runs in the media pool."""
     try:
@@ -401,7 +400,7 @@ def _finish_reason(text: _ReplyText) -> str:
     return "stop" if text.stopped else "length"
 
 
-async def _whole(completion: _Completion, reply: _Reply, processor: TarsierProcessor, metrics: Metrics,
+async def _whole(completion: _Completion, reply: _Reply, processor: FamilyProcessor, metrics: Metrics,
                  request: Request) -> JSONResponse:
     text = _ReplyText(processor, completion.chat.stop)
     collect = asyncio.ensure_future(_collect(_tokens(reply, text, completion)))
@@ -430,7 +429,7 @@ async def _collect(deltas: AsyncIterator[str]) -> str:
     return "".join([delta async for delta in deltas])
 
 
-async def _stream(completion: _Completion, reply: _Reply, processor: TarsierProcessor,
+async def _stream(completion: _Completion, reply: _Reply, processor: FamilyProcessor,
                   metrics: Metrics) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
     text = _ReplyText(processor, completion.chat.stop)

@@ -2,10 +2,10 @@
 
 A browser tab uploads a video, GIF or image (or picks a bundled sample) and sees the sampled frames
 as a gallery: exactly the frames the model gets. Questions stream their answers over as many turns
-as wanted; each tab keeps a :class:`~tarsier.generation.ChatSession`, so the video is encoded once,
+as wanted; each tab keeps a :class:`~tarsier.engine.chat.ChatSession`, so the video is encoded once,
 on the first question. New media, a new frame count or Restart start a new conversation.
 
-The model is only ever touched on the :class:`~tarsier.serve.scheduler.Scheduler`'s model thread
+The model is only ever touched on the :class:`~tarsier.engine.scheduler.Scheduler`'s model thread
 (``run_exclusive``), as in ``tarsier serve``; Gradio's threads only decode media and relay text.
 Problems a user can cause (an unreadable file, impossible settings) appear in the page's status
 line as one sentence, never as a traceback.
@@ -22,17 +22,18 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from tarsier.engine.chat import ChatSession
+from tarsier.engine.describer import one_line
+from tarsier.engine.generation import GenerationSettings
 from tarsier.errors import TarsierError
-from tarsier.generation import ChatSession, GenerationSettings
-from tarsier.inference import one_line
 from tarsier.media import GIF_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from tarsier.engine.scheduler import Scheduler
     from tarsier.media import SampledFrames
-    from tarsier.processor import TarsierProcessor
-    from tarsier.serve.scheduler import Scheduler
+    from tarsier.models.interface import FamilyProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Conversation:
 class DemoCallbacks:
     """What the page's events do; plain methods, so tests can call them without a browser."""
 
-    def __init__(self, scheduler: Scheduler, processor: TarsierProcessor):
+    def __init__(self, scheduler: Scheduler, processor: FamilyProcessor):
         self.scheduler = scheduler
         self.processor = processor
 
@@ -142,7 +143,7 @@ class DemoCallbacks:
 
 def build_demo(
     scheduler: Scheduler,
-    processor: TarsierProcessor,
+    processor: FamilyProcessor,
     *,
     model_name: str = "",
     settings: GenerationSettings | None = None,

@@ -9,7 +9,7 @@ import threading
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from tarsier.serve.scheduler import Scheduler
+from tarsier.engine.scheduler import Scheduler
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 

@@ -4,7 +4,9 @@
 * :mod:`tarsier.train.adapters` -- task formats (captions, QA, actions, tracking, ...) -> that format
 * :mod:`tarsier.train.mixture` -- weighted mixtures of sources and the resumable draw order
 * :mod:`tarsier.train.config`, :mod:`tarsier.train.recipes` -- stage configs and built-in recipes
-* :mod:`tarsier.train.init` -- start from a Tarsier checkpoint or LLaVA-style components
+* :mod:`tarsier.train.init` -- start from a checkpoint, or one assembled from LLaVA-style components
 * :mod:`tarsier.train.trainer`, :mod:`tarsier.train.checkpoints` -- the loop and its checkpoints
-* :mod:`tarsier.train.shapes_world` -- a synthetic video world that shows a small model learning
+
+Imports the engine, models through :mod:`tarsier.models.auto` and the media layer; never a family
+or another application. The shapes-world demo that trains through this loop is :mod:`tarsier.shapes`.
 """

@@ -35,7 +35,8 @@ import torch
 from torch.utils.data import Dataset
 
 from tarsier.errors import TarsierError
-from tarsier.processor import TarsierProcessor, concat_media
+from tarsier.models.interface import FamilyProcessor
+from tarsier.models.processing_common import concat_media
 from tarsier.prompting import IGNORE_INDEX, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 # Consecutive unreadable items of one source after which a worker gives up (and the run stops).
@@ -113,7 +114,7 @@ class TrainingDataset(Dataset):
         self,
         items: Sequence[TrainingItem],
         source_ranges: list[tuple[int, int]],
-        processor: TarsierProcessor,
+        processor: FamilyProcessor,
         default_frames: list[int],
         max_length: int,
     ):
@@ -166,7 +167,7 @@ class TrainingDataset(Dataset):
 class Collator:
     """Left-pads a micro-batch and concatenates each media input of its items in order."""
 
-    def __init__(self, processor: TarsierProcessor):
+    def __init__(self, processor: FamilyProcessor):
         self.processor = processor
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from torch.utils.data import Sampler
 
 from tarsier.errors import TarsierError
 from tarsier.jsonl import jsonl_lines
-from tarsier.processor import TarsierProcessor
+from tarsier.models.auto import DEFAULT_FAMILY
 from tarsier.train.adapters import ADAPTERS
 from tarsier.train.config import DataSettings, SourceSettings
 from tarsier.train.data import TrainingItem, parse_item
@@ -157,7 +157,7 @@ def load_source(settings: SourceSettings, default_frames: int, items: PackedItem
     return source
 
 
-def load_mixture(settings: DataSettings, model_frames: int = TarsierProcessor.default_n_frames) -> Mixture:
+def load_mixture(settings: DataSettings, model_frames: int = DEFAULT_FAMILY.default_n_frames) -> Mixture:
     """All sources, with unusable lines counted; more than ``max_bad_fraction`` of them aborts.
 
     ``model_frames`` is the start model's frame count, used where neither an item, its source nor

@@ -9,7 +9,7 @@ our defaults for a 7B model on 8+ GPUs, to be tuned. Data paths are relative to 
 directory and name the layout the README documents; replace them with ``--set`` or a YAML copy.
 
 The ``shapes-demo`` recipe (two small stages on generated clips) lives in
-:mod:`tarsier.train.shapes_world`, since it also generates its data and evaluates the result.
+:mod:`tarsier.shapes.demo_model`, since it also generates its data and evaluates the result.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import torch
 
 from tarsier.errors import TarsierError
 from tarsier.jsonl import JsonlAppender
+from tarsier.models import auto
 from tarsier.train import checkpoints
 from tarsier.train.config import StageConfig, config_differences
 from tarsier.train.data import Collator, TrainingDataset, worker_init
@@ -217,27 +218,18 @@ def make_accelerator(config: StageConfig, text_only_items: bool = False):
     return accelerator
 
 
-# Tokens per sample unless data.max_length says: Tarsier's 8 frames of 601 and the text; Tarsier2,
-# the reference's max_seq_len.
-FAMILY_MAX_LENGTH = {"tarsier": 6144, "tarsier2": 16384}
-
-
 def family_data_defaults(config: StageConfig) -> tuple[int, int]:
     """Frames per video (as the family's processor samples them) and tokens per sample for the start
     model's family (a model assembled from LLaVA or CLIP + Llama is first-generation)."""
-    from tarsier.processor import checkpoint_family, family_frame_count
-
-    family = checkpoint_family(config.model.checkpoint) if config.model.checkpoint else "tarsier"
-    return family_frame_count(family), FAMILY_MAX_LENGTH[family]
+    family = auto.family_of(config.model.checkpoint) if config.model.checkpoint else auto.DEFAULT_FAMILY
+    return family.default_n_frames, family.training_max_length
 
 
 def load_start_model(folder: Path, config: StageConfig):
     """The model in fp32 (master weights) with the trainable parts chosen, and its processor."""
-    from tarsier.model import TarsierForConditionalGeneration
-    from tarsier.processor import TarsierProcessor
-
-    processor = TarsierProcessor.from_pretrained(folder, max_n_frames=1 << 16)
-    model = TarsierForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32)
+    checkpoint = auto.read_checkpoint(folder)
+    processor = auto.load_processor(checkpoint, max_n_frames=1 << 16)
+    model = auto.load_model(checkpoint, dtype=torch.float32)
     settings = config.model
     model.requires_grad_(True)
     if not settings.train_vision_tower:

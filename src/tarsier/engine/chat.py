@@ -1,0 +1,72 @@
+"""Multi-turn chat about one video that keeps its KV cache between turns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tarsier.engine.generation import GenerationSettings, stream_text
+from tarsier.engine.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from tarsier.media import SampledFrames
+    from tarsier.models.interface import FamilyModel, FamilyProcessor
+
+@dataclass
+class ChatSession:
+    """A multi-turn conversation about one video that keeps its KV cache between turns.
+
+    The first turn encodes the frames once; later turns append only their own tokens (what the
+    processor's chat template adds for a new question) after the previous reply and its end of
+    turn, so neither the video nor the history is recomputed. Unlike the reference, which
+    re-tokenises the whole conversation as text every turn, the model sees exactly the tokens it
+    generated. Either family: the processor says how turns are written, the engine continues the
+    cache's positions (Tarsier2's M-RoPE delta included).
+    """
+
+    model: FamilyModel
+    processor: FamilyProcessor
+    frames: SampledFrames
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    history: list[dict[str, str]] = field(default_factory=list)
+    _ids: list[int] = field(default_factory=list, repr=False)
+    _cache: Any = field(default=None, repr=False)
+    _media: dict[str, Any] = field(default_factory=dict, repr=False)  # the frames' inputs, kept for a rebuilt cache
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the reply to ``question``; the turn is recorded once the reply is complete.
+
+        A reply cut short (Ctrl-C, the iterator closed) leaves the session as it was before the
+        question: the partly filled cache is dropped and rebuilt on the next turn.
+        """
+        import torch
+
+        before = self._ids
+        if not self._ids:
+            ids, self._media = self.processor.encode_conversation([{"role": "user", "content": question}], self.frames)
+        else:
+            ids = self._ids + self.processor.follow_up_ids(question)
+        # First turn, or after an interrupted one: the frames go in (again) with the whole prompt.
+        extra = self._media if self._cache is None else {}
+        cached = self._cache.length if self._cache is not None else 0
+        needed = len(ids) + self.settings.max_new_tokens
+        if self._cache is None or self._cache.capacity < needed:
+            room = needed + 2 * self.settings.max_new_tokens  # a few more turns without growing
+            self._cache = KVCache(self.model, 1, room) if self._cache is None else self._cache.with_capacity(self.model, room)
+        new_ids = torch.tensor([ids[cached:]])
+        inputs = {"input_ids": new_ids, "attention_mask": torch.ones_like(new_ids), **extra}
+        reply_ids: list[int] = []
+        pieces = []
+        finished = False
+        try:
+            for piece in stream_text(self.model, self.processor, inputs, self.settings, reply_ids, self._cache):
+                pieces.append(piece)
+                yield piece
+            finished = True
+        finally:
+            if not finished:
+                self._ids, self._cache = before, None
+        self._ids = ids + self.processor.close_reply(reply_ids)  # a reply cut by max_new_tokens still closes its turn
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(pieces)}]
+
