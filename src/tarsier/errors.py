@@ -20,3 +20,10 @@ class CheckpointError(TarsierError):
 
 class PromptError(TarsierError):
     """A prompt that does not fit the media it is paired with."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as a single line for a result record or a reply: a TarsierError's message, else
+    the exception's type and message."""
+    text = str(exc) if isinstance(exc, TarsierError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())

@@ -75,20 +75,23 @@ def test_one_call_describe_matches_the_describer(fast_checkpoint, media, describ
         describe(media["missing"], model=str(fast_checkpoint), device="cpu")
 
 
-def test_batches_group_similar_prompt_lengths_and_results_keep_request_order(describer, media, monkeypatch):
-    batches = []
-    real = Describer._generate_batch
-
-    def recording(self, items):
-        batches.append([item.request.key for item in items])
-        return real(self, items)
-
-    monkeypatch.setattr(Describer, "_generate_batch", recording)
-    # Images (1 frame) and videos (4 frames) alternate: in arrival order every batch would mix them.
-    names = ["image", "video", "image", "video"]
-    requests = [DescribeRequest(f"{name}{i}", media[name]) for i, name in enumerate(names)]
-    results = list(describer.run(requests))
-    assert [r.key for r in results] == ["image0", "video1", "image2", "video3"]
-    assert sorted(map(sorted, batches)) == [["image0", "image2"], ["video1", "video3"]]
-    alone = {r.key: r.text for r in describer.run([DescribeRequest(k, media[k[:-1]]) for k in ("image0", "video1")])}
-    assert {r.key: r.text for r in results if r.key in alone} == alone
+def test_questions_about_one_video_decode_and_prefill_it_once_and_match_an_uncached_run(describer, media, monkeypatch):
+    """QA order (videos interleaved): each video is decoded once and its frames' prefix prefilled
+    once; answers equal a Describer without caches, item for item, in request order."""
+    questions = ["What happens?", "What colour is it?", "Is anything moving?"]
+    requests = [DescribeRequest(f"{name}{n}", media[name], prompt=f"<video>\n{q}")
+                for n, q in enumerate(questions) for name in ("video", "gif")]
+    fresh = Describer(describer.model, describer.processor, describer.generation, batch_size=2, num_workers=0)
+    encodings = []
+    features = describer.model.get_image_features
+    monkeypatch.setattr(describer.model, "get_image_features", lambda *a, **k: encodings.append(1) or features(*a, **k))
+    cache = fresh.batch.prefix_cache
+    results = list(fresh.run(requests))
+    assert [r.key for r in results] == [r.key for r in requests]
+    assert len(encodings) == 2  # one vision-tower run per video, not per question
+    assert (fresh.frames_cache.stats.misses, fresh.frames_cache.stats.hits) == (2, 4)
+    assert (cache.stats.misses, cache.stats.hits) == (2, 4)
+    uncached = Describer(describer.model, describer.processor, describer.generation, batch_size=2, num_workers=0,
+                         cache_bytes=0)
+    assert [r.text for r in uncached.run(requests)] == [r.text for r in results]
+    assert len(encodings) == 2 + 6 and all(r.text for r in results)

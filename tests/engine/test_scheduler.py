@@ -55,35 +55,39 @@ def test_jobs_that_arrive_together_share_a_batch_and_each_ends_with_its_own_row(
         scheduler.close()
 
 
-def test_exclusive_work_runs_on_the_model_thread_between_batches(loaded):
-    scheduler = Scheduler(*loaded, max_batch_size=2, batch_wait_ms=0)
+def test_a_request_that_arrives_mid_batch_joins_it_and_answers_before_the_batch_ends(loaded):
+    """Continuous batching: the late request's first token comes while the long row still decodes,
+    and both replies are the greedy replies each gets alone."""
+    scheduler = Scheduler(*loaded, max_batch_size=4, batch_wait_ms=0)
     try:
-        names = list(scheduler.run_exclusive(lambda: (threading.current_thread().name for _ in range(3))))
-        assert names == ["tarsier-model"] * 3
-
-        def failing():
-            yield 1
-            raise ValueError("broken")
-
-        with pytest.raises(ValueError, match="broken"):
-            list(scheduler.run_exclusive(failing))
-        record = Recorder()  # the thread survives a failing task
-        scheduler.submit(record.job(loaded, "Hi", 2))
-        assert record.ended.wait(60) and len(record.tokens) == 2
+        long, late = Recorder(), Recorder()
+        first_token = threading.Event()
+        late_job = late.job(loaded, "Tell me a story", 6)
+        on_token = late_job.on_token
+        late_job.on_token = lambda token: (on_token(token), first_token.set())
+        scheduler.submit(long.job(loaded, "What is in the video?", 60))
+        while len(long.tokens) < 3:
+            time.sleep(0.005)
+        scheduler.submit(late_job)
+        assert first_token.wait(60)
+        assert not long.ended.is_set()  # the long row was still decoding when the late one answered
+        for record in (long, late):
+            assert record.ended.wait(60) and record.error is None
+        assert late.end_time < long.end_time
+        assert scheduler.stats.batch_sizes == {1: 1} and scheduler.stats.joined == 1
+        assert long.tokens == alone(loaded, "What is in the video?", 60)
+        assert late.tokens == alone(loaded, "Tell me a story", 6)
     finally:
         scheduler.close()
 
 
 def test_full_queue_cancelled_jobs_and_draining(loaded):
     scheduler = Scheduler(*loaded, max_batch_size=1, batch_wait_ms=0, max_queue=2)
-    gate = threading.Event()
-
-    def busy():
-        yield "started"
-        gate.wait(30)
-
-    blocker = scheduler.run_exclusive(busy)
-    next(blocker)  # the model thread is now busy until the gate opens
+    gate, started = threading.Event(), threading.Event()
+    blocker = Recorder().job(loaded, "Hello", 3)
+    blocker.on_token = lambda token: (started.set(), gate.wait(30))  # holds the model thread
+    scheduler.submit(blocker)
+    assert started.wait(30)
     waiting = [Recorder() for _ in range(2)]
     for record in waiting:
         scheduler.submit(record.job(loaded, "Hi", 5))
@@ -92,7 +96,6 @@ def test_full_queue_cancelled_jobs_and_draining(loaded):
     assert scheduler.queue_depth == 2
     scheduler._waiting[0].cancelled = True  # as a client that left while queued
     gate.set()
-    list(blocker)
     scheduler.close(drain=True)  # drains: the queued job still runs
     assert waiting[0].ended.is_set() and waiting[0].error == "cancelled" and waiting[0].tokens == []
     assert waiting[1].ended.is_set() and waiting[1].error is None and len(waiting[1].tokens) == 5

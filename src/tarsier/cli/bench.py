@@ -257,4 +257,7 @@ def bench(args: argparse.Namespace, settings: RunSettings, selection: Selection,
         },
     )
     print(f"predicted {ok}, failed {failed} -> {settings.output} (run info: {meta})", file=sys.stderr)
+    summary = getattr(describer, "cache_summary", lambda: None)()
+    if summary:
+        print(summary, file=sys.stderr)
     return 1 if failed else 0

@@ -144,7 +144,7 @@ def caption(args: argparse.Namespace, output: Path, sharded: bool, by_key: dict[
     """The captioning run proper; the caller holds the output's lock."""
     from tqdm import tqdm
 
-    from tarsier.engine.describer import DescribeRequest
+    from tarsier.engine.describer import DescribeRequest, grouped_by_media
 
     output_file = OutputFile(output, sharded, args.shard_size)
     if args.retry_errors:
@@ -171,6 +171,7 @@ def caption(args: argparse.Namespace, output: Path, sharded: bool, by_key: dict[
         DescribeRequest(key, by_key[key].path, by_key[key].prompt, by_key[key].start_time, by_key[key].end_time)
         for key in todo
     ]
+    requests = grouped_by_media(requests)  # one video's prompts together: decoded and prefilled once
     failed = 0
     with (
         output_file.writer() as sink,
@@ -202,6 +203,9 @@ def caption(args: argparse.Namespace, output: Path, sharded: bool, by_key: dict[
                 bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
     print(f"captioned {len(requests) - failed}, failed {failed} -> {output}", file=sys.stderr)
+    summary = getattr(describer, "cache_summary", lambda: None)()
+    if summary:
+        print(summary, file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -11,6 +11,7 @@ from tarsier.cli.options import (
     add_bind_options,
     add_generation_options,
     add_model_options,
+    cache_bytes,
     check_model_options,
     generation_from_args,
     load_from_args,
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, processor = load_from_args(args)
     warn_if_exposed(args.host, "the demo")
-    scheduler = Scheduler(model, processor)
+    scheduler = Scheduler(model, processor, cache_bytes=cache_bytes(args))
     demo = build_demo(scheduler, processor, model_name=args.model, settings=settings)
     try:
         url, share_url = launch_demo(demo, args.host, args.port, share=args.share)

@@ -7,7 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from tarsier.cli.options import add_bind_options, add_model_options, check_model_options, load_from_args, warn_if_exposed
+from tarsier.cli.options import (
+    add_bind_options,
+    add_model_options,
+    cache_bytes,
+    check_model_options,
+    load_from_args,
+    warn_if_exposed,
+)
 
 EXAMPLES = """examples:
   tarsier serve --model shapes-demo                       # http://127.0.0.1:8000/v1
@@ -42,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     media.add_argument("--allow-remote-media", action="store_true", help="let requests name http(s) media URLs")
     media.add_argument("--max-media-mb", type=float, default=64, help="largest video or image a request may bring (default: 64)")
     limits = parser.add_argument_group("batching and limits")
-    limits.add_argument("--max-batch-size", type=int, default=8, help="requests generated together (default: 8)")
-    limits.add_argument("--batch-wait-ms", type=float, default=10, help="how long the first request waits for others to batch with (default: 10)")
+    limits.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together; a request that arrives while others decode joins them between steps (default: 8)")
+    limits.add_argument("--batch-wait-ms", type=float, default=10, help="how long a request to an idle model waits for others to start with (default: 10)")
     limits.add_argument("--max-queue", type=int, default=64, help="requests that may wait; more get 503 (default: 64)")
     limits.add_argument("--max-tokens", type=int, default=2048, help="most new tokens a request may ask for (default: 2048)")
     limits.add_argument("--media-workers", type=int, default=2, help="threads decoding media (default: 2)")
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue,
         media_workers=args.media_workers,
+        cache_bytes=cache_bytes(args),
         max_tokens=args.max_tokens,
         default_max_tokens=min(512, args.max_tokens),
     )

@@ -1,15 +1,20 @@
-"""Multi-turn chat about one video that keeps its KV cache between turns."""
+"""Multi-turn chat about one video that keeps its KV between turns: on its own (:class:`ChatSession`,
+the CLI and the Python API) or on a shared scheduler (:class:`ScheduledChat`, the web demo)."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tarsier.engine.generation import GenerationSettings, stream_text
+from tarsier.engine.continuous_batch import Job
+from tarsier.engine.generation import GenerationSettings, TextPieces, stream_text
 from tarsier.engine.kv_cache import KVCache
+from tarsier.errors import TarsierError
 
 if TYPE_CHECKING:
+    from tarsier.engine.scheduler import Scheduler
     from tarsier.media import SampledFrames
     from tarsier.models.interface import FamilyModel, FamilyProcessor
 
@@ -70,3 +75,58 @@ class ChatSession:
         self._ids = ids + self.processor.close_reply(reply_ids)  # a reply cut by max_new_tokens still closes its turn
         self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(pieces)}]
 
+
+
+@dataclass
+class ScheduledChat:
+    """A multi-turn conversation whose turns are jobs on a shared :class:`~tarsier.engine.scheduler.Scheduler`.
+
+    Each turn joins whatever batch is running (other conversations, API requests), and its
+    conversation's KV stays in the scheduler's prefix cache between turns, so a follow-up prefills
+    only its own tokens while the entry lasts (and the whole conversation, media included, when it
+    was evicted). Turns are recorded as :class:`ChatSession` records them: a reply cut short leaves
+    the conversation as it was.
+    """
+
+    scheduler: Scheduler
+    processor: FamilyProcessor
+    frames: SampledFrames
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    history: list[dict[str, str]] = field(default_factory=list)
+    _ids: list[int] = field(default_factory=list, repr=False)
+    _media: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the reply to ``question`` from the model thread; closing the iterator cancels the turn."""
+        if not self._ids:
+            ids, self._media = self.processor.encode_conversation([{"role": "user", "content": question}], self.frames)
+        else:
+            ids = self._ids + self.processor.follow_up_ids(question)
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        job = Job(ids, self._media or None, self.settings, lambda token: events.put(("token", token)),
+                  lambda error: events.put(("end", error)), remember_reply=True)
+        self.scheduler.submit(job)
+        pieces, reply_ids, text = TextPieces(self.processor.tokenizer), [], []
+        finished = False
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "end":
+                    if value is not None:
+                        raise TarsierError(value)
+                    break
+                reply_ids.append(value)
+                pieces.add(value)
+                for piece in pieces.take():
+                    text.append(piece)
+                    yield piece
+            pieces.end()
+            for piece in pieces.take():
+                text.append(piece)
+                yield piece
+            finished = True
+        finally:
+            if not finished:
+                job.cancelled = True
+        self._ids = ids + self.processor.close_reply(reply_ids)
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(text)}]

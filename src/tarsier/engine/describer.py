@@ -9,18 +9,24 @@ fails (bad file, bad prompt) carries its one-line error instead of stopping the 
 from __future__ import annotations
 
 import functools
+import os
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from tarsier.checkpoints import DEFAULT_MODEL
-from tarsier.engine.generation import GenerationSettings, generate_text, stream_text
+from tarsier.engine.continuous_batch import ContinuousBatch, Job
+from tarsier.engine.frames_cache import FramesCache, media_key
+from tarsier.engine.generation import GenerationSettings, TextPieces
 from tarsier.engine.loading import load_pretrained
-from tarsier.errors import TarsierError
+from tarsier.engine.prefix_cache import PrefixCache, default_budget
+from tarsier.errors import TarsierError, one_line
+from tarsier.media import SampledFrames
 from tarsier.models.interface import FamilyModel, FamilyProcessor
 from tarsier.models.processing_common import MediaItem
 from tarsier.prompting import default_prompt
@@ -69,6 +75,7 @@ class PreparedRequest:
     total_frames: int | None = None
     decode_seconds: float = 0.0
     error: str | None = None
+    media_key: str | None = None  # the prefix cache's key of media_inputs, computed while preparing
 
     def result(self, text: str | None = None, error: str | None = None, generate_seconds: float = 0.0) -> DescribeResult:
         return DescribeResult(
@@ -83,12 +90,6 @@ class PreparedRequest:
         )
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as a single line for a result record."""
-    text = str(exc) if isinstance(exc, TarsierError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
-
-
 class Describer:
     """Generates descriptions for a stream of requests, batching those that decode cleanly."""
 
@@ -99,7 +100,10 @@ class Describer:
         generation: GenerationSettings | None = None,
         batch_size: int = 1,
         num_workers: int = 2,
+        cache_bytes: int | None = None,
     ):
+        """``cache_bytes`` bounds the prefix cache (None: :func:`~tarsier.engine.prefix_cache.default_budget`
+        of the model's device; 0: none, every prompt prefilled whole)."""
         if batch_size < 1:
             raise TarsierError(f"batch size must be at least 1, got {batch_size}")
         if num_workers < 0:
@@ -109,6 +113,12 @@ class Describer:
         self.generation = generation or GenerationSettings()
         self.batch_size = batch_size
         self.num_workers = num_workers
+        if cache_bytes is None:
+            cache_bytes = default_budget(model.device)
+        # Offline work has no streaming rows to keep moving: a finished row's place is refilled at once.
+        self.batch = ContinuousBatch(model, processor, max_batch_size=batch_size, prefills_per_step=batch_size,
+                                     prefix_cache=PrefixCache(cache_bytes) if cache_bytes > 0 else None)
+        self.frames_cache = FramesCache() if cache_bytes > 0 else None
 
     @classmethod
     def from_pretrained(
@@ -123,21 +133,39 @@ class Describer:
         generation: GenerationSettings | None = None,
         progress: bool = True,
         compile: bool = False,
+        cache_bytes: int | None = None,
     ) -> Describer:
         loaded, processor = load_pretrained(model, device=device, dtype=dtype, max_n_frames=max_n_frames, progress=progress,
                                             compile=compile)
-        return cls(loaded, processor, generation=generation, batch_size=batch_size, num_workers=num_workers)
+        return cls(loaded, processor, generation=generation, batch_size=batch_size, num_workers=num_workers,
+                   cache_bytes=cache_bytes)
 
     def prepare(self, request: DescribeRequest) -> PreparedRequest:
         """Decode, sample and preprocess one request (runs in a worker thread)."""
-        return prepare_request(self.processor, request)
+        return prepare_request(self.processor, request, self.frames_cache)
 
     def stream(self, request: DescribeRequest) -> Iterator[str]:
-        """Yield the description of one request piece by piece as it is generated."""
+        """Yield the description of one request piece by piece as it is generated (closing the
+        iterator, or Ctrl-C, stops it after the current step)."""
         prepared = self.prepare(request)
         if prepared.error:
             raise TarsierError(prepared.error)
-        yield from stream_text(self.model, self.processor, self._inputs([prepared]), self.generation)
+        pieces, ends = TextPieces(self.processor.tokenizer), []
+        job = Job(prepared.ids, prepared.media_inputs or None, self.generation, pieces.add, ends.append)
+        self.batch.add(job)
+        try:
+            while not ends:
+                self.batch.step()
+                yield from pieces.take()
+        finally:
+            if not ends:  # stopped early: the row leaves at the next step
+                job.cancelled = True
+                while self.batch.busy():
+                    self.batch.step()
+        if ends[0] is not None:
+            raise TarsierError(ends[0])
+        pieces.end()
+        yield from pieces.take()
 
     def run(self, requests: Iterable[DescribeRequest]) -> Iterator[DescribeResult]:
         """Results in request order; media for upcoming batches is prepared in the background."""
@@ -181,60 +209,72 @@ class Describer:
         if window:
             yield from self._generate_window(window)
 
+    def cache_summary(self) -> str | None:
+        """One line on what the caches saved (None without a prefix cache)."""
+        cache = self.batch.prefix_cache
+        if cache is None:
+            return None
+        stats = cache.stats
+        return (f"prefix cache: {stats.hits} hits, {stats.misses} misses ({stats.hit_rate:.0%}), "
+                f"{stats.reused_positions:,} prompt positions reused, {stats.prefilled_positions:,} prefilled, "
+                f"{cache.nbytes / (1 << 30):.2f} of {cache.budget_bytes / (1 << 30):.2f} GB held, "
+                f"{stats.evictions} evictions; frames cache: {self.frames_cache.stats.hits} hits, "
+                f"{self.frames_cache.stats.misses} misses")
+
     def describe_prepared(self, items: list[PreparedRequest]) -> list[DescribeResult]:
-        """Results for already prepared items, in their order (batched by prompt length; errors pass through)."""
+        """Results for already prepared items, in their order (errors pass through)."""
         return list(self._generate_window(items))
 
     def _generate_window(self, window: list[PreparedRequest]) -> Iterator[DescribeResult]:
-        ready = sorted((item for item in window if item.error is None), key=lambda item: len(item.ids))
-        results: dict[int, DescribeResult] = {}
-        for start in range(0, len(ready), self.batch_size):
-            group = ready[start : start + self.batch_size]
-            results.update(zip(map(id, group), self._generate(group)))
-        for item in window:
-            yield results[id(item)] if item.error is None else item.result()
-
-    def _generate(self, ready: list[PreparedRequest]) -> list[DescribeResult]:
-        """Results of one batch; a failure is pinned on the item(s) that cause it."""
-        texts: dict[int, str] = {}
-        errors: dict[int, str] = {}
+        """Results of a window of prepared items, in their order. The items run through one
+        continuous batch (a finished row's place goes to the next item at once), the same media's
+        items one after another, so each video is prefilled once and its later prompts reuse it."""
+        ready = grouped_by_media([item for item in window if item.error is None], lambda item: item.request.media)
+        outcomes: dict[int, tuple[list[int], list[str | None]]] = {}
         started = time.perf_counter()
-        try:
-            for item, text in zip(ready, self._generate_batch(ready)):
-                texts[id(item)] = text
-        except Exception as exc:
-            if len(ready) == 1:
-                errors[id(ready[0])] = one_line(exc)
-            else:  # isolate the failing item(s) by retrying one at a time
-                for item in ready:
-                    try:
-                        texts[id(item)] = self._generate_batch([item])[0]
-                    except Exception as item_exc:
-                        errors[id(item)] = one_line(item_exc)
+        # A prefix is kept when another item here uses the same media, or the next window may (the last media).
+        uses = Counter(_media_identity(item.request.media) for item in ready)
+        last = _media_identity(ready[-1].request.media) if ready else None
+        for item in ready:
+            tokens: list[int] = []
+            ends: list[str | None] = []
+            outcomes[id(item)] = (tokens, ends)
+            identity = _media_identity(item.request.media)
+            self.batch.add(Job(item.ids, item.media_inputs or None, self.generation, tokens.append, ends.append,
+                               media_key=item.media_key, keep_prefix=uses[identity] > 1 or identity == last))
+        while self.batch.busy():
+            self.batch.step()
         seconds = time.perf_counter() - started
-        return [item.result(texts.get(id(item)), errors.get(id(item)), seconds) for item in ready]
-
-    def _inputs(self, items: list[PreparedRequest]) -> dict[str, torch.Tensor]:
-        inputs = self.processor.collate([(item.ids, item.media_inputs) for item in items])
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return inputs
-
-    def _generate_batch(self, items: list[PreparedRequest]) -> list[str]:
-        return generate_text(self.model, self.processor, self._inputs(items), self.generation)
+        for item in window:
+            if item.error is not None:
+                yield item.result()
+                continue
+            tokens, ends = outcomes[id(item)]
+            error = ends[0] if ends else "generation ended without a result"
+            text = None if error else self.processor.decode(tokens, skip_special_tokens=True)
+            yield item.result(text, error, seconds)
 
 
-def prepare_request(processor: FamilyProcessor, request: DescribeRequest) -> PreparedRequest:
+def prepare_request(
+    processor: FamilyProcessor, request: DescribeRequest, frames_cache: FramesCache | None = None
+) -> PreparedRequest:
     """Decode, sample and preprocess one request; a failure is recorded on it, not raised.
 
     Needs only the processor, so it runs wherever media is (worker threads, or Ray's CPU tasks).
+    With ``frames_cache``, media sampled before with the same settings is not decoded again.
     """
     started = time.perf_counter()
     prepared = PreparedRequest(request=request, prompt=request.prompt)
     try:
-        frames = processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
+        def load() -> SampledFrames:
+            return processor.load_media(request.media, request.n_frames, request.start_time, request.end_time)
+
+        window = (request.n_frames, request.start_time, request.end_time)
+        frames = load() if frames_cache is None else frames_cache.frames(request.media, window, load)
         prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
         prepared.ids, prepared.media_inputs = processor.encode_item(prepared.prompt, frames)
+        if prepared.media_inputs and frames_cache is not None:
+            prepared.media_key = media_key(frames_cache, frames, prepared.media_inputs)
         prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
     except Exception as exc:  # recorded per item; the job goes on
         prepared.error = one_line(exc)
@@ -269,3 +309,25 @@ def describe(
     if result.error:
         raise TarsierError(result.error)
     return result.text or ""
+
+
+T = TypeVar("T")
+
+
+def grouped_by_media(items: list[T], media_of: Callable[[T], MediaItem] = lambda request: request.media) -> list[T]:
+    """``items`` reordered so those about the same media come together (media in order of first
+    appearance, items in their order within one): a video's later questions then find its prefix
+    cached, and its frames decoded."""
+    first_seen: dict[str, int] = {}
+    for item in items:
+        first_seen.setdefault(_media_identity(media_of(item)), len(first_seen))
+    return sorted(items, key=lambda item: first_seen[_media_identity(media_of(item))])
+
+
+def _media_identity(media: MediaItem) -> str:
+    """What groups requests about the same media (paths as written; media in memory by object)."""
+    if isinstance(media, (str, os.PathLike)):
+        return os.fspath(media)
+    if isinstance(media, (list, tuple)) and all(isinstance(m, (str, os.PathLike)) for m in media):
+        return "\n".join(os.fspath(m) for m in media)
+    return f"<object {id(media)}>"

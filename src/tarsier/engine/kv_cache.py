@@ -39,11 +39,24 @@ class KVCache:
         """Positions filled so far."""
         return int(self.cache.get_seq_length())
 
-    def copy_row(self, row: int, source: KVCache, length: int, offset: int = 0) -> None:
-        """Positions ``offset .. offset+length`` of row ``row`` take ``source``'s single row's first ``length``."""
+    def copy_row(self, row: int, source: KVCache, length: int, offset: int = 0, *, source_row: int = 0,
+                 source_offset: int = 0) -> None:
+        """Positions ``offset .. offset+length`` of row ``row`` take ``length`` positions of ``source``'s
+        row ``source_row`` from ``source_offset``."""
         for target, layer in zip(self.cache.layers, source.cache.layers):
-            target.keys[row, :, offset : offset + length].copy_(layer.keys[0, :, :length])
-            target.values[row, :, offset : offset + length].copy_(layer.values[0, :, :length])
+            target.keys[row, :, offset : offset + length].copy_(layer.keys[source_row, :, source_offset : source_offset + length])
+            target.values[row, :, offset : offset + length].copy_(layer.values[source_row, :, source_offset : source_offset + length])
+
+    @property
+    def batch_size(self) -> int:
+        layer = self.cache.layers[0]
+        return 0 if getattr(layer, "keys", None) is None else int(layer.keys.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the keys and values take."""
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values)
+                   if t is not None)
 
     def set_length(self, length: int) -> None:
         for layer in self.cache.layers:

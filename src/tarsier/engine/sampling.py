@@ -59,7 +59,7 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.
 
 
 def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
-    """One token per row; rows sharing one sampler are sampled together."""
+    """One token per row; rows sharing one sampler, or all greedy, are handled together."""
     if all(sampler is samplers[0] for sampler in samplers):
         return samplers[0](logits)
     tokens = logits.argmax(-1)

@@ -192,7 +192,7 @@ def run(work: Plan, describer: DescriberLike, settings: RunSettings) -> tuple[in
     """Run the planned items through ``describer`` and append their records; returns (ok, failed)."""
     from tqdm.auto import tqdm
 
-    from tarsier.engine.describer import DescribeRequest
+    from tarsier.engine.describer import DescribeRequest, grouped_by_media
 
     if not work.todo:
         return 0, 0
@@ -207,6 +207,7 @@ def run(work: Plan, describer: DescriberLike, settings: RunSettings) -> tuple[in
         )
         for item, media in work.todo
     ]
+    requests = grouped_by_media(requests)  # each video's questions together: decoded and prefilled once
     ok = failed = 0
     with (
         JsonlAppender(settings.output) as sink,

@@ -52,6 +52,7 @@ class ServeConfig:
     batch_wait_ms: float = 10.0
     max_queue: int = 64
     media_workers: int = 2
+    cache_bytes: int | None = None  # the prefix cache's budget (None: the device's default; 0: none)
     max_body_bytes: int = 96 * 1024 * 1024  # base64 makes media a third larger
     max_tokens: int = 2048  # most new tokens one request may ask for
     default_max_tokens: int = 512  # the reference's default
@@ -147,9 +148,10 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
             model, processor = load()
             state["processor"] = processor
             state["scheduler"] = Scheduler(model, processor, max_batch_size=config.max_batch_size,
-                                           batch_wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
+                                           batch_wait_ms=config.batch_wait_ms, max_queue=config.max_queue,
+                                           cache_bytes=config.cache_bytes)
         except Exception as exc:  # reported by /health and every request
-            from tarsier.engine.describer import one_line
+            from tarsier.errors import one_line
 
             state["error"] = one_line(exc)
 
@@ -181,7 +183,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        from tarsier.engine.describer import one_line
+        from tarsier.errors import one_line
 
         metrics.observe(500)
         return JSONResponse(ApiError(500, f"internal error: {one_line(exc)}").body(), status_code=500)

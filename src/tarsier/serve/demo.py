@@ -2,11 +2,13 @@
 
 A browser tab uploads a video, GIF or image (or picks a bundled sample) and sees the sampled frames
 as a gallery: exactly the frames the model gets. Questions stream their answers over as many turns
-as wanted; each tab keeps a :class:`~tarsier.engine.chat.ChatSession`, so the video is encoded once,
-on the first question. New media, a new frame count or Restart start a new conversation.
+as wanted; each tab keeps a :class:`~tarsier.engine.chat.ScheduledChat`, whose turns are jobs on the
+:class:`~tarsier.engine.scheduler.Scheduler` like API requests: tabs share batches and never block
+each other, and a conversation's KV stays in the prefix cache between turns, so the video is encoded
+once. New media, a new frame count or Restart start a new conversation.
 
-The model is only ever touched on the :class:`~tarsier.engine.scheduler.Scheduler`'s model thread
-(``run_exclusive``), as in ``tarsier serve``; Gradio's threads only decode media and relay text.
+The model is only ever touched on the scheduler's model thread, as in ``tarsier serve``; Gradio's
+threads only decode media and relay text.
 Problems a user can cause (an unreadable file, impossible settings) appear in the page's status
 line as one sentence, never as a traceback.
 """
@@ -22,10 +24,9 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from tarsier.engine.chat import ChatSession
-from tarsier.engine.describer import one_line
+from tarsier.engine.chat import ScheduledChat
 from tarsier.engine.generation import GenerationSettings
-from tarsier.errors import TarsierError
+from tarsier.errors import TarsierError, one_line
 from tarsier.media import GIF_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Conversation:
 
     name: str  # the file name shown in the page
     frames: SampledFrames | None  # None: the file could not be read, and ``problem`` says why
-    session: ChatSession | None = None
+    session: ScheduledChat | None = None
     problem: str | None = None
 
 
@@ -117,25 +118,25 @@ class DemoCallbacks:
             yield question, done, f"⚠️ {exc}"
             return
         if conversation.session is None:
-            conversation.session = ChatSession(self.scheduler.model, self.processor, conversation.frames, settings)
+            conversation.session = ScheduledChat(self.scheduler, self.processor, conversation.frames, settings)
         session = conversation.session
         session.settings = settings  # the sliders may have moved since the last turn
         asked: Message = {"role": "user", "content": question}
         answering = f"**{conversation.name}**: answering…"
         reply = ""
         yield "", [*done, asked, {"role": "assistant", "content": reply}], answering
-        pieces = self.scheduler.run_exclusive(lambda: session.ask(question))
+        pieces = session.ask(question)
         try:
             for piece in pieces:
                 reply += piece
                 yield "", [*done, asked, {"role": "assistant", "content": reply}], answering
-        except Exception as exc:  # the turn is dropped (ChatSession's rule); say why in the page
+        except Exception as exc:  # the turn is dropped; say why in the page
             if not isinstance(exc, TarsierError):
                 logger.exception("generation failed")
             yield question, done, f"⚠️ {one_line(exc)}"
             return
         finally:
-            pieces.close()  # a tab that went away stops its generation on the model thread
+            pieces.close()  # a tab that went away cancels its turn on the model thread
         turns = len(session.history) // 2
         status = f"**{conversation.name}**: {turns} turn{'s' * (turns != 1)}. Ask a follow-up or Restart."
         yield "", list(session.history), status

@@ -1,0 +1,313 @@
+"""Engine v2: continuous batching and the prefix cache, each against a baseline from the same run.
+
+1. QA workload (``qa``): 8 videos x 8 questions, 16 new tokens, greedy, batch 8, through the
+   Describer that ``bench run`` uses (questions grouped per video, as ``bench run`` orders them),
+   with the prefix cache on and off, alternating. Predictions must be identical (else FAIL).
+2. Staggered serving (``serving``): ``tarsier serve`` on the same model, 8 clients arriving 1 s apart,
+   each asking about its own video for 64 tokens, streamed. Time to first token (p50 / p95) and
+   how many requests got their first token while an earlier request was still decoding. Run for
+   this checkout and, with ``--baseline-src``, for another checkout's code (before engine v2: a
+   batch ran to its end while later requests waited).
+3. Follow-up (``follow-up``): the same video asked twice through the API, one after the other;
+   the second request's time to first token against the first's.
+4. No regression (``throughput``): 8 different videos at batch 8, 32 and 512 new tokens (EOS
+   ignored), through the Describer, this checkout against ``--baseline-src``, alternating, each run in
+   a process of its own: videos/s, tokens/s and peak memory.
+
+    git worktree add ../tarsier-before 51a79b4                # the code before engine v2
+    python benchmarks/bench_engine.py --baseline-src ../tarsier-before/src
+    python benchmarks/bench_engine.py --quick                 # tiny model, fewer items: a smoke run
+    python benchmarks/bench_engine.py --sections qa follow-up
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench_serve import Server, sse_events
+from tarsier.engine.describer import Describer, DescribeRequest, grouped_by_media
+from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.loading import load_pretrained
+from tarsier.media import write_video
+from tarsier.testing import build_random_checkpoint
+
+QUESTIONS = [
+    "What happens in the video?", "What colours do you see?", "Is the camera moving?", "How many objects are there?",
+    "Describe the background.", "What moves fastest?", "What changes between the first and last frame?",
+    "Summarise the video in one sentence.",
+]
+FAILURES: list[str] = []
+
+
+def fail(message: str) -> None:
+    FAILURES.append(message)
+    print(f"FAIL {message}", flush=True)
+
+
+def report(title: str, rows: list[tuple[str, ...]]) -> None:
+    print(f"\n{title}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+def make_videos(folder: Path, count: int, side: int, frames: int = 8) -> list[Path]:
+    """``count`` mp4 files of random pixels (different content each), ``frames`` frames each."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        path = folder / f"video{index}.mp4"
+        write_video(path, [rng.integers(0, 255, (side, side, 3), dtype=np.uint8) for _ in range(frames)], fps=4)
+        paths.append(path)
+    return paths
+
+
+# -- 1. QA workload ---------------------------------------------------------------------------------
+def qa_workload(folder: Path, videos: list[Path], questions: int, rounds: int) -> None:
+    model, processor = load_pretrained(folder, device="cpu", progress=False)
+    settings = GenerationSettings(max_new_tokens=16)
+    requests = grouped_by_media([DescribeRequest(f"{v.stem}-{q}", str(v), prompt=f"<video>\n{QUESTIONS[q % len(QUESTIONS)]}")
+                                 for q in range(questions) for v in videos])
+    warm = Describer(model, processor, GenerationSettings(max_new_tokens=2), batch_size=8, num_workers=2, cache_bytes=0)
+    list(warm.run(requests[:2]))
+    times: dict[str, list[float]] = {"cache on": [], "cache off": []}
+    texts: dict[str, list[str | None]] = {}
+    last: dict[str, Describer] = {}
+    for _ in range(rounds):
+        for label, budget in (("cache on", None), ("cache off", 0)):
+            describer = Describer(model, processor, settings, batch_size=8, num_workers=2, cache_bytes=budget)
+            started = time.perf_counter()
+            results = list(describer.run(requests))
+            times[label].append(time.perf_counter() - started)
+            texts[label] = [r.text for r in results]
+            last[label] = describer
+            if any(r.error for r in results):
+                fail(f"qa {label}: {next(r.error for r in results if r.error)}")
+    if texts["cache on"] != texts["cache off"]:
+        fail("qa: predictions differ with the cache on and off")
+    on, off = statistics.median(times["cache on"]), statistics.median(times["cache off"])
+    cached = last["cache on"]
+    stats, cache = cached.batch.stats, cached.batch.prefix_cache
+    report(f"QA workload: {len(videos)} videos x {questions} questions, 16 new tokens, batch 8 ({rounds} rounds, median)", [
+        ("", "cache on", "cache off", "speed-up"),
+        ("seconds", f"{on:.1f}", f"{off:.1f}", f"{off / on:.2f}x"),
+        ("items/s", f"{len(requests) / on:.2f}", f"{len(requests) / off:.2f}", ""),
+        ("tokens/s", f"{stats.generated_tokens / on:.1f}", f"{last['cache off'].batch.stats.generated_tokens / off:.1f}", ""),
+        ("prefill s", f"{stats.prefill_seconds:.1f}", f"{last['cache off'].batch.stats.prefill_seconds:.1f}", ""),
+        ("decode s", f"{stats.decode_seconds:.1f}", f"{last['cache off'].batch.stats.decode_seconds:.1f}", ""),
+        ("prefix hits", f"{cache.stats.hits} / {cache.stats.hits + cache.stats.misses} ({cache.stats.hit_rate:.0%})", "-", ""),
+        ("frames decoded", f"{cached.frames_cache.stats.misses} of {len(requests)}", f"{len(requests)} of {len(requests)}", ""),
+        ("cache held", f"{cache.nbytes / 2**20:.0f} MiB of {cache.budget_bytes / 2**20:.0f} MiB", "-", ""),
+        ("identical predictions", "yes" if texts["cache on"] == texts["cache off"] else "NO", "", ""),
+    ])
+
+
+# -- 2 and 3. serving -------------------------------------------------------------------------------
+def stream_request(url: str, video: str, question: str, max_tokens: int, arrived: float) -> dict[str, float]:
+    body = {"model": "bench", "stream": True, "max_tokens": max_tokens, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video}},
+                                                      {"type": "text", "text": question}]}]}
+    first = None
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=900) as response:
+        if response.status_code != 200:
+            response.read()
+            raise RuntimeError(f"{response.status_code}: {response.text}")
+        for event in sse_events(response):
+            if first is None and event.get("choices") and (event["choices"][0].get("delta") or {}).get("content"):
+                first = time.perf_counter()
+    return {"arrived": arrived, "first": first if first is not None else float("nan"), "ended": time.perf_counter()}
+
+
+def start_server(folder: Path, media: Path, scratch: Path, src: str | None, label: str) -> Server:
+    env_src = None if src is None else str(Path(src).resolve())
+    previous = os.environ.get("PYTHONPATH")
+    if env_src is not None:
+        os.environ["PYTHONPATH"] = env_src
+    try:
+        server = Server(["--model", str(folder), "--media-root", str(media), "--served-model-name", "bench",
+                         "--device", "cpu", "--max-batch-size", "8"], scratch / f"server-{label}.log")
+    finally:
+        if env_src is not None:
+            if previous is None:
+                os.environ.pop("PYTHONPATH")
+            else:
+                os.environ["PYTHONPATH"] = previous
+    server.wait_ready(300)
+    return server
+
+
+def staggered(server: Server, videos: list[Path], gap: float, max_tokens: int) -> list[dict[str, float]]:
+    stream_request(server.url, videos[0].name, "Warm up.", 2, time.perf_counter())
+    results: list[dict[str, float] | None] = [None] * len(videos)
+    start = time.perf_counter()
+
+    def client(index: int) -> None:
+        time.sleep(max(0.0, start + index * gap - time.perf_counter()))
+        results[index] = stream_request(server.url, videos[index].name, "Describe the video.", max_tokens,
+                                        time.perf_counter())
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(videos))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def late_request(server: Server, videos: list[Path], running: int, max_tokens: int, delay: float) -> tuple[float, float]:
+    """``running`` long requests start together; one more arrives ``delay`` s later. Returns its time
+    to first token and how long the long requests took."""
+    stream_request(server.url, videos[0].name, "Warm up.", 2, time.perf_counter())
+    results: list[dict[str, float] | None] = [None] * (running + 1)
+    start = time.perf_counter()
+
+    def client(index: int) -> None:
+        wait = delay if index == running else 0.0
+        time.sleep(max(0.0, start + wait - time.perf_counter()))
+        tokens = 16 if index == running else max_tokens
+        results[index] = stream_request(server.url, videos[index].name, "Describe the video.", tokens, time.perf_counter())
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(running + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    late = results[running]
+    return late["first"] - late["arrived"], max(r["ended"] for r in results[:running]) - start
+
+
+def serving(folder: Path, media: Path, videos: list[Path], scratch: Path, baseline_src: str | None, max_tokens: int,
+            late_tokens: int) -> None:
+    rows = [("", "TTFT p50 s", "TTFT p95 s", "first token while an earlier request decoded", "wall s")]
+    late_rows = [("", "late request's TTFT s", "the 4 long requests took s")]
+    p50 = {}
+    for label, src in (("this checkout", None), ("baseline", baseline_src)):
+        if label == "baseline" and src is None:
+            continue
+        server = start_server(folder, media, scratch, src, label.replace(" ", "-"))
+        try:
+            results = staggered(server, videos, 1.0, max_tokens)
+            ttft_late, long_took = late_request(server, videos, 4, late_tokens, 1.1)
+        finally:
+            server.stop()
+        late_rows.append((label, f"{ttft_late:.2f}", f"{long_took:.1f}"))
+        ttft = [r["first"] - r["arrived"] for r in results]
+        joined = sum(any(e["arrived"] < r["arrived"] and r["first"] < e["ended"] for e in results) for r in results)
+        p50[label] = statistics.median(ttft)
+        rows.append((label, f"{p50[label]:.2f}", f"{sorted(ttft)[int(0.95 * (len(ttft) - 1))]:.2f}",
+                     f"{joined} of {len(results) - 1}", f"{max(r['ended'] for r in results) - results[0]['arrived']:.1f}"))
+    if "baseline" in p50:
+        rows.append(("this / baseline", f"{p50['this checkout'] / p50['baseline']:.2f}x", "", "", ""))
+    report(f"Staggered serving: {len(videos)} clients 1 s apart, {max_tokens} tokens each, own video each", rows)
+    report(f"A request arriving 1.1 s after 4 others ({late_tokens} tokens each) started together", late_rows)
+
+
+def follow_up(folder: Path, media: Path, videos: list[Path], scratch: Path, baseline_src: str | None) -> None:
+    rows = [("", "first request TTFT s", "same video again TTFT s", "ratio")]
+    for label, src in (("this checkout", None), ("baseline", baseline_src)):
+        if label == "baseline" and src is None:
+            continue
+        server = start_server(folder, media, scratch, src, f"follow-{label.replace(' ', '-')}")
+        try:
+            stream_request(server.url, videos[-1].name, "Warm up.", 2, time.perf_counter())
+            first = stream_request(server.url, videos[0].name, "What happens in the video?", 16, time.perf_counter())
+            again = stream_request(server.url, videos[0].name, "What colours do you see?", 16, time.perf_counter())
+        finally:
+            server.stop()
+        a, b = first["first"] - first["arrived"], again["first"] - again["arrived"]
+        rows.append((label, f"{a:.3f}", f"{b:.3f}", f"{b / a:.2f}x"))
+    report("Follow-up question through the API (the same video asked again)", rows)
+
+
+# -- 4. no regression -------------------------------------------------------------------------------
+THROUGHPUT_RUN = r"""
+import json, resource, sys, time
+from tarsier.engine.describer import Describer, DescribeRequest
+from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.loading import load_pretrained
+folder, tokens, *videos = sys.argv[1:]
+model, processor = load_pretrained(folder, device="cpu", progress=False)
+requests = [DescribeRequest(str(i), v) for i, v in enumerate(videos)]
+warm = Describer(model, processor, GenerationSettings(max_new_tokens=2, ignore_eos=True), batch_size=8, num_workers=2)
+list(warm.run(requests))
+describer = Describer(model, processor, GenerationSettings(max_new_tokens=int(tokens), ignore_eos=True), batch_size=8,
+                      num_workers=2)
+started = time.perf_counter()
+texts = [r.text for r in describer.run(requests)]
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "texts": texts,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def throughput(folder: Path, videos: list[Path], baseline_src: str | None, tokens_list: list[int], rounds: int) -> None:
+    if baseline_src is None:
+        print("\n(no --baseline-src: the no-regression comparison needs the code before engine v2)")
+        return
+    sources = {"this checkout": str(Path(__file__).resolve().parents[1] / "src"), "baseline": str(Path(baseline_src).resolve())}
+    for tokens in tokens_list:
+        runs: dict[str, list[dict]] = {label: [] for label in sources}
+        for _ in range(rounds):
+            for label, src in sources.items():
+                out = subprocess.run([sys.executable, "-c", THROUGHPUT_RUN, str(folder), str(tokens), *map(str, videos)],
+                                     capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, check=True)
+                runs[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if runs["this checkout"][0]["texts"] != runs["baseline"][0]["texts"]:
+            fail(f"throughput {tokens}: texts differ from the baseline's")
+        rows = [("", "seconds (median)", "videos/s", "tokens/s", "peak RSS MiB")]
+        medians = {}
+        for label, results in runs.items():
+            medians[label] = statistics.median(r["seconds"] for r in results)
+            rows.append((label, f"{medians[label]:.1f}", f"{len(videos) / medians[label]:.3f}",
+                         f"{len(videos) * tokens / medians[label]:.1f}", f"{max(r['peak_mib'] for r in results):.0f}"))
+        rows.append(("this / baseline throughput", f"{medians['baseline'] / medians['this checkout']:.2f}x", "", "", ""))
+        report(f"No regression: {len(videos)} different videos, batch 8, {tokens} new tokens ({rounds} rounds)", rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=["qa", "serving", "follow-up", "throughput"],
+                        choices=["qa", "serving", "follow-up", "throughput"])
+    parser.add_argument("--quick", action="store_true", help="tiny model, fewer questions and tokens")
+    parser.add_argument("--baseline-src", default=None, help="src/ of a checkout before engine v2 (git worktree)")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    import torch
+
+    preset = "tiny" if args.quick else "small"
+    print(f"preset={preset} torch={torch.__version__} threads={torch.get_num_threads()}")
+    scratch = Path(tempfile.mkdtemp(prefix="tarsier-bench-engine-"))
+    try:
+        folder = build_random_checkpoint(scratch / "model", preset)
+        media = scratch / "media"
+        media.mkdir()
+        videos = make_videos(media, 8, 336)
+        if "qa" in args.sections:
+            qa_workload(folder, videos, 3 if args.quick else 8, args.rounds)
+        if "serving" in args.sections:
+            serving(folder, media, videos, scratch, args.baseline_src, 16 if args.quick else 64, 32 if args.quick else 256)
+        if "follow-up" in args.sections:
+            follow_up(folder, media, videos, scratch, args.baseline_src)
+        if "throughput" in args.sections:
+            throughput(folder, videos, args.baseline_src, [8] if args.quick else [32, 512], args.rounds)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\n{len(FAILURES)} failure(s)" if FAILURES else "\nall checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Reusing the KV of a prompt's prefix: a video asked about twice is encoded and prefilled once.
+
+An entry is the KV cache of a prompt up to and including its last media token (every question
+about one video shares it), or of a whole conversation after a reply (the next turn continues it).
+Entries are content-addressed: the key is a hash of the media inputs the model receives (pixel
+values and grids, so the file's bytes and every frame setting are in it) plus the prefix's token
+ids. A lookup finds the longest stored prefix of a prompt for the same media. Entries are bounded by
+a byte budget and evicted least recently used first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from tarsier.engine.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from tarsier.models.interface import FamilyModel
+
+DEFAULT_CPU_BYTES = 4 << 30
+DEFAULT_GPU_SHARE = 0.2  # of the device's memory
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes the cache may hold by default: 4 GiB on CPU, a fifth of an accelerator's memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * DEFAULT_GPU_SHARE)
+    return DEFAULT_CPU_BYTES
+
+
+def media_digest(media: Mapping[str, torch.Tensor] | None) -> str:
+    """A hash of the media inputs as the model gets them ("" for none)."""
+    if not media:
+        return ""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(media):
+        tensor = media[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class PrefixEntry:
+    """The KV of ``ids``: its first ``len(ids)`` positions of one row (a prefilled prompt's own cache
+    may hold more). Positions, M-RoPE's delta included, follow from the whole prompt and its media,
+    so they are recomputed rather than stored."""
+
+    ids: tuple[int, ...]
+    cache: KVCache
+    nbytes: int
+
+
+@dataclass
+class PrefixCacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    reused_positions: int = 0  # prompt positions not prefilled thanks to a hit
+    prefilled_positions: int = 0  # prompt positions prefilled
+
+    @property
+    def hit_rate(self) -> float:
+        looked = self.hits + self.misses
+        return self.hits / looked if looked else 0.0
+
+
+@dataclass
+class PrefixCache:
+    """Prefix KV entries under a byte budget, least recently used evicted first."""
+
+    budget_bytes: int
+    stats: PrefixCacheStats = field(default_factory=PrefixCacheStats)
+    _entries: OrderedDict[tuple[str, tuple[int, ...]], PrefixEntry] = field(default_factory=OrderedDict, repr=False)
+    _bytes: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, media: str, ids: Sequence[int]) -> PrefixEntry | None:
+        """The longest stored strict prefix of ``ids`` for this media (at least one id is left to
+        prefill, whose logits give the first token), counted as a hit or a miss."""
+        best = None
+        for (entry_media, entry_ids), entry in self._entries.items():
+            if entry_media == media and len(entry_ids) < len(ids) and (best is None or len(entry_ids) > len(best.ids)):
+                if tuple(ids[: len(entry_ids)]) == entry_ids:
+                    best = entry
+        if best is None:
+            self.stats.misses += 1
+            return None
+        self.stats.hits += 1
+        self._entries.move_to_end((media, best.ids))
+        return best
+
+    def store(self, media: str, ids: Sequence[int], source: KVCache, row: int = 0, start: int = 0, *,
+              model: FamilyModel | None = None) -> None:
+        """Keep positions ``start .. start+len(ids)`` of ``source``'s row ``row`` as the KV of ``ids``.
+
+        A one-row ``source`` whose first positions are the prefix is kept as it is (no copy; it must
+        not change afterwards); any other is copied (``model`` says how to allocate the copy).
+        """
+        key = (media, tuple(ids))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        length = len(ids)
+        if source.batch_size == 1 and row == 0 and start == 0:
+            kept = source
+        else:
+            kept = KVCache(model, 1, length, allocate=True)
+            kept.copy_row(0, source, length, source_row=row, source_offset=start)
+            kept.set_length(length)
+        nbytes = kept.nbytes
+        if nbytes > self.budget_bytes:
+            return
+        while self._bytes + nbytes > self.budget_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+            self.stats.evictions += 1
+        self._entries[key] = PrefixEntry(key[1], kept, nbytes)
+        self._bytes += nbytes

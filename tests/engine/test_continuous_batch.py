@@ -1,0 +1,159 @@
+"""Continuous batching and the prefix cache, checked where they can fail: every step's logits
+against one uncached forward of the same sequence, with requests joining mid-decode and a
+cached prefix reused, for both families (Tarsier2's M-RoPE positions and deltas included)."""
+
+import pytest
+import torch
+
+from tarsier.engine.continuous_batch import ContinuousBatch, Job
+from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.loading import load_pretrained
+from tarsier.engine.prefix_cache import PrefixCache
+from tarsier.media import write_video
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("continuous")
+    paths = []
+    for index, colour in enumerate(((200, 30, 30), (30, 60, 220))):
+        frames = []
+        for step in range(8):
+            frame = torch.full((48, 64, 3), 90, dtype=torch.uint8)
+            frame[10:30, 4 + 6 * step : 16 + 6 * step] = torch.tensor(colour, dtype=torch.uint8)
+            frames.append(frame.numpy())
+        write_video(folder / f"clip{index}.mp4", frames, fps=8)
+        paths.append(folder / f"clip{index}.mp4")
+    return paths
+
+
+@pytest.fixture(scope="module", params=["tarsier", "tarsier2"])
+def loaded(request, fast_checkpoint, tarsier2_checkpoint):
+    checkpoint = fast_checkpoint if request.param == "tarsier" else tarsier2_checkpoint
+    return load_pretrained(checkpoint, device="cpu", max_n_frames=4, progress=False)
+
+
+class Recorded:
+    """A job whose tokens are collected; the engine's logits for each are recorded by ``recording``."""
+
+    def __init__(self, processor, question, frames, max_new_tokens, remember=False, ids=None, media=None):
+        if ids is None:
+            ids, media = processor.encode_item(question, frames)
+        self.tokens, self.ended, self.logits = [], [], []
+        self.job = Job(list(ids), media, GenerationSettings(max_new_tokens=max_new_tokens), self.tokens.append,
+                       self.ended.append, remember_reply=remember)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    """Record, for every row at every step, the logits its token was chosen from."""
+    emit = ContinuousBatch._emit
+    jobs = {}
+
+    def recorded_emit(self):
+        for row, logits in zip(self._rows, self._logits):
+            jobs[id(row.job)].logits.append(logits.clone())
+        emit(self)
+
+    monkeypatch.setattr(ContinuousBatch, "_emit", recorded_emit)
+    return jobs
+
+
+def full_forward_logits(model, ids, media):
+    """Logits at every position of one uncached forward of the whole sequence."""
+    inputs = torch.tensor([ids])
+    media = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in (media or {}).items()}
+    with torch.inference_mode():
+        return model(input_ids=inputs, attention_mask=torch.ones_like(inputs), use_cache=False, **media).logits[0]
+
+
+def check_against_full_forward(model, record):
+    """Each generated token's logits == the uncached forward's at the position before it."""
+    full = full_forward_logits(model, record.job.ids + record.tokens, record.job.media)
+    prompt = len(record.job.ids)
+    assert len(record.logits) == len(record.tokens) > 0
+    for step, logits in enumerate(record.logits):
+        expected = full[prompt - 1 + step]
+        assert torch.allclose(logits, expected, atol=TOLERANCE, rtol=0), (step, (logits - expected).abs().max())
+
+
+def run(engine, arrivals):
+    """Step the engine; ``arrivals`` maps a step number to the jobs that arrive before it."""
+    step = 0
+    while engine.busy() or any(at >= step for at in arrivals):
+        for record in arrivals.get(step, []):
+            engine.add(record.job)
+        if engine.busy():
+            engine.step()
+        step += 1
+
+
+def test_staggered_requests_and_a_reused_prefix_match_one_full_forward(loaded, videos, recording):
+    model, processor = loaded
+    first, second = (processor.load_media(str(path)) for path in videos)
+    cache = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache)
+    records = [
+        Recorded(processor, "Describe the video.", first, 9),
+        Recorded(processor, "What colour is the block?", first, 6),  # joins mid-decode; the first one's prefix
+        Recorded(processor, "Describe the video.", second, 7),  # another video: a miss
+        Recorded(processor, "Hello there", None, 5),  # text only
+    ]
+    for record in records:
+        recording[id(record.job)] = record
+    run(engine, {0: records[:1], 3: records[1:3], 5: records[3:]})
+    assert engine.stats.batch_sizes == {1: 1} and engine.stats.joined == 3
+    assert (cache.stats.hits, cache.stats.misses) == (1, 3)
+    assert cache.stats.reused_positions == _through_last_media_id(processor, records[1])
+    for record in records:
+        assert record.ended == [None]
+        check_against_full_forward(model, record)
+        alone = generate_ids(model, processor, processor.collate([(record.job.ids, record.job.media or {})]),
+                             GenerationSettings(max_new_tokens=record.job.settings.max_new_tokens))[0].tolist()
+        assert record.tokens == alone[: len(record.tokens)]
+
+
+def _through_last_media_id(processor, record):
+    """The prompt's length up to and including its last media id: the shared prefix."""
+    media_ids = processor.media_token_ids
+    return 1 + max(i for i, token in enumerate(record.job.ids) if token in media_ids)
+
+
+def test_a_follow_up_turn_continues_the_conversation_s_cached_kv(loaded, videos, recording):
+    model, processor = loaded
+    frames = processor.load_media(str(videos[0]))
+    cache = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache)
+    ids, media = processor.encode_conversation([{"role": "user", "content": "What happens?"}], frames)
+    first = Recorded(processor, None, None, 6, remember=True, ids=ids, media=media)
+    recording[id(first.job)] = first
+    run(engine, {0: [first]})
+    follow_ids = ids + processor.close_reply(first.tokens) + processor.follow_up_ids("And then?")
+    second = Recorded(processor, None, None, 5, remember=True, ids=follow_ids, media=media)
+    recording[id(second.job)] = second
+    prefilled_before = cache.stats.prefilled_positions
+    run(engine, {0: [second]})
+    assert cache.stats.hits == 1
+    # only the reply's last token, the turn's end and the question were prefilled
+    assert cache.stats.prefilled_positions - prefilled_before == len(follow_ids) - (len(ids) + len(first.tokens) - 1)
+    for record in (first, second):
+        check_against_full_forward(model, record)
+
+
+def test_the_cache_stays_within_its_budget_and_evicts_the_least_recently_used(loaded, videos):
+    model, processor = loaded
+    clips = [processor.load_media(str(path)) for path in videos]
+    probe = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, prefix_cache=probe)
+    engine.add(Recorded(processor, "Describe the video.", clips[0], 1).job)
+    run(engine, {})
+    one_entry = probe.nbytes
+    cache = PrefixCache(budget_bytes=one_entry + one_entry // 2)  # room for one video's prefix
+    engine = ContinuousBatch(model, processor, prefix_cache=cache)
+    for clip in (clips[0], clips[1], clips[0]):
+        engine.add(Recorded(processor, "Describe the video.", clip, 1).job)
+        run(engine, {})
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (0, 3, 2)
+    assert len(cache) == 1 and cache.nbytes == one_entry <= cache.budget_bytes
