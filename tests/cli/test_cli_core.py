@@ -72,6 +72,7 @@ def test_describe_json_over_a_folder_reports_bad_files_and_goes_on(fast_checkpoi
         (["--dtype", "int3"], "unknown dtype 'int3'"),
         (["--max-frames", "0"], "--max-frames must be at least 1"),
         (["--start", "-3"], "--start must be 0 or more seconds"),
+        (["--cache-gb", "-1"], "--cache-gb must be 0 (no cache) or more"),
         (["--start", "5", "--end", "2"], "must be after --start"),
     ],
 )

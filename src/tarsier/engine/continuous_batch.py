@@ -76,9 +76,8 @@ class _Row:
 
 @dataclass
 class _Prefilled:
-    """One request's prompt in a cache of its own, and what its first token comes from."""
+    """What a request's first token comes from, once its prompt is in the batch's cache."""
 
-    cache: KVCache | None  # let go once copied into the batch
     logits: torch.Tensor  # [V]
     rope_delta: torch.Tensor  # [1, 1]
     seen: torch.Tensor | None  # [V] booleans under a repetition penalty
@@ -168,8 +167,9 @@ class ContinuousBatch:
         else:
             self.stats.joined += placed
 
-    def _prefill(self, row: _Row) -> _Prefilled:
-        """Prefill one request alone, from the longest cached prefix of its prompt when there is one."""
+    def _prefill(self, row: _Row, cache: KVCache) -> _Prefilled:
+        """Prefill one request alone into ``cache`` (a view of its place in the batch, exactly its
+        prompt's length), from the longest cached prefix of its prompt when there is one."""
         started = time.perf_counter()
         model, job = self.model, row.job
         device = model.device
@@ -182,7 +182,6 @@ class ContinuousBatch:
         if self.prefix_cache is not None:
             row.media_key = job.media_key if job.media_key is not None else media_digest(job.media)
         entry = self.prefix_cache.lookup(row.media_key, job.ids) if self.prefix_cache is not None else None
-        cache = KVCache(model, 1, length, allocate=True)
         start = 0
         if entry is not None:
             start = len(entry.ids)
@@ -196,20 +195,20 @@ class ContinuousBatch:
             self.prefix_cache.stats.prefilled_positions += length - start
             boundary = _last_media_position(job.ids, self.processor.media_token_ids)
             if entry is None and job.keep_prefix and boundary is not None and boundary + 1 < length:
-                self.prefix_cache.store(row.media_key, job.ids[: boundary + 1], cache)
+                self.prefix_cache.store(row.media_key, job.ids[: boundary + 1], cache, model)
         seen = None
         if row.settings.repetition_penalty != 1:
             seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=device)
             seen[ids[0]] = True
         self.stats.prefill_seconds += time.perf_counter() - started
-        return _Prefilled(cache, out.logits[0, -1], delta, seen)
+        return _Prefilled(out.logits[0, -1], delta, seen)
 
     def _place(self, admitted: list[_Row]) -> int:
         """Prefill the new rows and put them with the running ones into one cache, right-aligned at
         the new column; returns how many new rows were placed (a row whose prefill fails ends alone).
 
-        The cache is laid out before any prefill (prompt lengths are known), so each row's own cache
-        is copied in and let go at once, as one-at-a-time prefills did before continuous batching.
+        The cache is laid out before any prefill (prompt lengths are known), and each prompt is
+        prefilled straight into its place: no cache of its own to allocate and copy.
         """
         model, device = self.model, self.model.device
         old = len(self._rows)
@@ -232,15 +231,13 @@ class ContinuousBatch:
         self._cache = None  # the old layout's memory goes back before the prefills
         placed: list[tuple[int, _Row, _Prefilled]] = []
         for offset, row in enumerate(admitted, start=old):
+            length = len(row.job.ids)
             try:
-                prefilled = self._prefill(row)
+                prefilled = self._prefill(row, cache.positions_view(model, offset, column - length, length))
             except Exception as exc:  # this request alone fails: bad media, too long, ...
                 row.job.on_end(one_line(exc))
                 continue
-            length = prefilled.cache.length
-            cache.copy_row(offset, prefilled.cache, length, column - length)
             mask[offset, column - length : column] = 1
-            prefilled.cache = None  # kept only if the prefix cache holds it
             placed.append((offset, row, prefilled))
         keep = list(range(old)) + [offset for offset, _, _ in placed]
         if not keep:
@@ -298,7 +295,7 @@ class ContinuousBatch:
         """Store the conversation so far (prompt and reply but its last token, which has no KV yet)."""
         held = row.job.ids + row.sent[:-1]
         start = self._column - int(self._mask[index, : self._column].sum())
-        self.prefix_cache.store(row.media_key, held, self._cache, index, start, model=self.model)
+        self.prefix_cache.store(row.media_key, held, self._cache, self.model, index, start)
 
     def _keep(self, keep: list[int]) -> None:
         if not keep:

@@ -1,4 +1,7 @@
-"""The decode loop every generation path runs (describe, caption, bench, chat).
+"""The static-batch decode loop of the Python API (``generate_ids``/``generate_text``/``stream_text``,
+:class:`~tarsier.engine.chat.ChatSession`): a batch prepared together runs to its end. Applications
+run :class:`~tarsier.engine.continuous_batch.ContinuousBatch` instead, which shares the step
+(:func:`_decode_step`), the cache and the sampling with it and lets requests join and leave.
 
 Why our own loop rather than transformers' ``generate``:
 

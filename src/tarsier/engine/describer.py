@@ -1,9 +1,12 @@
-"""Describing many videos: background frame decoding, batched generation, per-item errors.
+"""Describing many videos: background frame decoding, continuous batching, per-item errors.
 
-:class:`Describer` is what ``tarsier describe``, ``tarsier caption`` and ``tarsier bench run`` use.
-Worker threads decode and preprocess upcoming videos (PyAV and PIL release the GIL) while the
-model generates for the current batch; results come back in request order, and an item that
-fails (bad file, bad prompt) carries its one-line error instead of stopping the job.
+:class:`Describer` is what ``tarsier describe``, ``tarsier caption``, ``tarsier bench run`` and the Ray
+model actors use. Worker threads decode and preprocess upcoming videos (PyAV and PIL release the GIL)
+while the model generates; items run through one :class:`~tarsier.engine.continuous_batch.ContinuousBatch`
+(a finished row's place is refilled at once), the same media's prompts together, so a video asked
+several questions is decoded, encoded and prefilled once (frames cache and prefix cache). Results
+come back in request order, and an item that fails (bad file, bad prompt) carries its one-line error
+instead of stopping the job.
 """
 
 from __future__ import annotations

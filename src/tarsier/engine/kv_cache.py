@@ -47,10 +47,19 @@ class KVCache:
             target.keys[row, :, offset : offset + length].copy_(layer.keys[source_row, :, source_offset : source_offset + length])
             target.values[row, :, offset : offset + length].copy_(layer.values[source_row, :, source_offset : source_offset + length])
 
-    @property
-    def batch_size(self) -> int:
-        layer = self.cache.layers[0]
-        return 0 if getattr(layer, "keys", None) is None else int(layer.keys.shape[0])
+    def positions_view(self, model: FamilyModel, row: int, start: int, length: int) -> KVCache:
+        """A one-row cache over positions ``start .. start+length`` of row ``row``, sharing its memory:
+        a forward into the view writes the batch cache in place (a prompt prefilled where it belongs)."""
+        view = KVCache(model, 1, length)
+        for target, layer in zip(view.cache.layers, self.cache.layers):
+            target.keys = layer.keys[row : row + 1, :, start : start + length]
+            target.values = layer.values[row : row + 1, :, start : start + length]
+            target.device = layer.keys.device
+            target.batch_size, target.num_heads = 1, layer.keys.shape[1]
+            target.k_head_dim, target.v_head_dim = layer.keys.shape[-1], layer.values.shape[-1]
+            target.cumulative_length = torch.zeros((), dtype=torch.long, device=layer.keys.device)
+            target.is_initialized = True
+        return view
 
     @property
     def nbytes(self) -> int:

@@ -48,9 +48,8 @@ def media_digest(media: Mapping[str, torch.Tensor] | None) -> str:
 
 @dataclass
 class PrefixEntry:
-    """The KV of ``ids``: its first ``len(ids)`` positions of one row (a prefilled prompt's own cache
-    may hold more). Positions, M-RoPE's delta included, follow from the whole prompt and its media,
-    so they are recomputed rather than stored."""
+    """The KV of ``ids``: one row, exactly ``len(ids)`` positions. Positions, M-RoPE's delta included,
+    follow from the whole prompt and its media, so they are recomputed rather than stored."""
 
     ids: tuple[int, ...]
     cache: KVCache
@@ -102,24 +101,16 @@ class PrefixCache:
         self._entries.move_to_end((media, best.ids))
         return best
 
-    def store(self, media: str, ids: Sequence[int], source: KVCache, row: int = 0, start: int = 0, *,
-              model: FamilyModel | None = None) -> None:
-        """Keep positions ``start .. start+len(ids)`` of ``source``'s row ``row`` as the KV of ``ids``.
-
-        A one-row ``source`` whose first positions are the prefix is kept as it is (no copy; it must
-        not change afterwards); any other is copied (``model`` says how to allocate the copy).
-        """
+    def store(self, media: str, ids: Sequence[int], source: KVCache, model: FamilyModel, row: int = 0, start: int = 0) -> None:
+        """Keep a copy of positions ``start .. start+len(ids)`` of ``source``'s row ``row`` as the KV of ``ids``."""
         key = (media, tuple(ids))
         if key in self._entries:
             self._entries.move_to_end(key)
             return
         length = len(ids)
-        if source.batch_size == 1 and row == 0 and start == 0:
-            kept = source
-        else:
-            kept = KVCache(model, 1, length, allocate=True)
-            kept.copy_row(0, source, length, source_row=row, source_offset=start)
-            kept.set_length(length)
+        kept = KVCache(model, 1, length, allocate=True)
+        kept.copy_row(0, source, length, source_row=row, source_offset=start)
+        kept.set_length(length)
         nbytes = kept.nbytes
         if nbytes > self.budget_bytes:
             return
