@@ -27,7 +27,7 @@ from tarsier.engine.continuous_batch import ContinuousBatch, Job
 from tarsier.engine.frames_cache import FramesCache, media_key
 from tarsier.engine.generation import GenerationSettings, TextPieces
 from tarsier.engine.loading import load_pretrained
-from tarsier.engine.prefix_cache import PrefixCache, default_budget
+from tarsier.engine.prefix_cache import prefix_cache_for
 from tarsier.errors import TarsierError, one_line
 from tarsier.media import SampledFrames
 from tarsier.models.interface import FamilyModel, FamilyProcessor
@@ -116,12 +116,11 @@ class Describer:
         self.generation = generation or GenerationSettings()
         self.batch_size = batch_size
         self.num_workers = num_workers
-        if cache_bytes is None:
-            cache_bytes = default_budget(model.device)
+        prefix_cache = prefix_cache_for(cache_bytes, model.device)
         # Offline work has no streaming rows to keep moving: a finished row's place is refilled at once.
         self.batch = ContinuousBatch(model, processor, max_batch_size=batch_size, prefills_per_step=batch_size,
-                                     prefix_cache=PrefixCache(cache_bytes) if cache_bytes > 0 else None)
-        self.frames_cache = FramesCache() if cache_bytes > 0 else None
+                                     prefix_cache=prefix_cache)
+        self.frames_cache = FramesCache() if prefix_cache is not None else None
 
     @classmethod
     def from_pretrained(

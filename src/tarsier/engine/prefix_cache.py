@@ -34,6 +34,12 @@ def default_budget(device: torch.device) -> int:
     return DEFAULT_CPU_BYTES
 
 
+def prefix_cache_for(cache_bytes: int | None, device: torch.device) -> PrefixCache | None:
+    """The prefix cache a budget asks for: None, the device's :func:`default_budget`; 0, no cache."""
+    budget = default_budget(device) if cache_bytes is None else cache_bytes
+    return PrefixCache(budget) if budget > 0 else None
+
+
 def media_digest(media: Mapping[str, torch.Tensor] | None) -> str:
     """A hash of the media inputs as the model gets them ("" for none)."""
     if not media:

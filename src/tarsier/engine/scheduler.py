@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from tarsier.engine.continuous_batch import BatchStats, ContinuousBatch, Job
-from tarsier.engine.prefix_cache import PrefixCache, default_budget
+from tarsier.engine.prefix_cache import PrefixCache, prefix_cache_for
 from tarsier.errors import TarsierError
 
 if TYPE_CHECKING:
@@ -72,10 +72,8 @@ class Scheduler:
         self.batch_wait = batch_wait_ms / 1000
         self.prepare_wait = max(prepare_wait_ms, batch_wait_ms) / 1000
         self.max_queue = max_queue
-        if cache_bytes is None:
-            cache_bytes = default_budget(model.device)
-        prefix_cache = PrefixCache(cache_bytes) if cache_bytes > 0 else None
-        self.batch = ContinuousBatch(model, processor, max_batch_size=max_batch_size, prefix_cache=prefix_cache,
+        self.batch = ContinuousBatch(model, processor, max_batch_size=max_batch_size,
+                                     prefix_cache=prefix_cache_for(cache_bytes, model.device),
                                      prefills_per_step=prefills_per_step)
         self._waiting: deque[Job] = deque()
         self._preparing = 0  # requests announced by preparing(), not yet submitted
