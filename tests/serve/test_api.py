@@ -551,3 +551,26 @@ def test_a_tarsier2_checkpoint_serves_video_and_text_in_one_batch_as_the_library
     assert 'tarsier_batches_total{size="2"} 1' in metrics
     assert results[0].choices[0].model_extra["token_ids"] == alone(processor.load_media(str(clip)), "What moves?")
     assert results[1].choices[0].model_extra["token_ids"] == alone(None, "Hello there.")
+
+
+def _counter(metrics: str, line_start: str) -> float:
+    return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(line_start))
+
+
+def test_a_video_asked_again_reuses_its_prefix_and_answers_as_alone(server, loaded, media):
+    """The second question about a video prefills only its own tokens (a prefix-cache hit in /metrics)
+    and its reply is the one the library gives the same conversation alone."""
+    url, _ = server
+    before = httpx.get(f"{url}/metrics").text
+    replies = []
+    for question in ("What happens?", "What colour is it?"):
+        response = client(url).chat.completions.create(
+            model=MODEL, messages=video_message("other.mp4", question), max_tokens=10,
+            extra_body={"return_token_ids": True})
+        replies.append(response.choices[0].model_extra["token_ids"])
+    after = httpx.get(f"{url}/metrics").text
+    hits = 'tarsier_prefix_cache_lookups_total{result="hit"}'
+    assert _counter(after, hits) - _counter(before, hits) == 1
+    assert _counter(after, "tarsier_prefix_cache_reused_positions_total") > _counter(before, "tarsier_prefix_cache_reused_positions_total")
+    for question, reply in zip(("What happens?", "What colour is it?"), replies):
+        assert reply == expected_ids(loaded, media[0] / "other.mp4", [{"role": "user", "content": question}], 10)
