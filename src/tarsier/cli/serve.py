@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve the model over an OpenAI-compatible HTTP API",
         description="Serve chat completions about videos and images over HTTP, in the OpenAI format, "
-        "batching requests that arrive together.",
+        "batching requests continuously (a request joins the batch that is decoding) and reusing a video's prefill for "
+        "later questions about it.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
