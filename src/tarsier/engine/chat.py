@@ -18,8 +18,29 @@ if TYPE_CHECKING:
     from tarsier.media import SampledFrames
     from tarsier.models.interface import FamilyModel, FamilyProcessor
 
+class _Turns:
+    """How both kinds of chat write their conversation down: the next prompt's ids (the frames'
+    inputs made on the first turn) and, once a reply is complete, the turn itself."""
+
+    processor: FamilyProcessor
+    frames: SampledFrames
+    history: list[dict[str, str]]
+    _ids: list[int]
+    _media: dict[str, Any]
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        if not self._ids:
+            ids, self._media = self.processor.encode_conversation([{"role": "user", "content": question}], self.frames)
+            return ids
+        return self._ids + self.processor.follow_up_ids(question)
+
+    def _record(self, question: str, ids: list[int], reply_ids: list[int], reply: str) -> None:
+        self._ids = ids + self.processor.close_reply(reply_ids)  # a reply cut by max_new_tokens still closes its turn
+        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+
+
 @dataclass
-class ChatSession:
+class ChatSession(_Turns):
     """A multi-turn conversation about one video that keeps its KV cache between turns.
 
     The first turn encodes the frames once; later turns append only their own tokens (what the
@@ -48,10 +69,7 @@ class ChatSession:
         import torch
 
         before = self._ids
-        if not self._ids:
-            ids, self._media = self.processor.encode_conversation([{"role": "user", "content": question}], self.frames)
-        else:
-            ids = self._ids + self.processor.follow_up_ids(question)
+        ids = self._prompt_ids(question)
         # First turn, or after an interrupted one: the frames go in (again) with the whole prompt.
         extra = self._media if self._cache is None else {}
         cached = self._cache.length if self._cache is not None else 0
@@ -72,13 +90,11 @@ class ChatSession:
         finally:
             if not finished:
                 self._ids, self._cache = before, None
-        self._ids = ids + self.processor.close_reply(reply_ids)  # a reply cut by max_new_tokens still closes its turn
-        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(pieces)}]
-
+        self._record(question, ids, reply_ids, "".join(pieces))
 
 
 @dataclass
-class ScheduledChat:
+class ScheduledChat(_Turns):
     """A multi-turn conversation whose turns are jobs on a shared :class:`~tarsier.engine.scheduler.Scheduler`.
 
     Each turn joins whatever batch is running (other conversations, API requests), and its
@@ -98,10 +114,7 @@ class ScheduledChat:
 
     def ask(self, question: str) -> Iterator[str]:
         """Stream the reply to ``question`` from the model thread; closing the iterator cancels the turn."""
-        if not self._ids:
-            ids, self._media = self.processor.encode_conversation([{"role": "user", "content": question}], self.frames)
-        else:
-            ids = self._ids + self.processor.follow_up_ids(question)
+        ids = self._prompt_ids(question)
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         job = Job(ids, self._media or None, self.settings, lambda token: events.put(("token", token)),
                   lambda error: events.put(("end", error)), remember_reply=True)
@@ -128,5 +141,4 @@ class ScheduledChat:
         finally:
             if not finished:
                 job.cancelled = True
-        self._ids = ids + self.processor.close_reply(reply_ids)
-        self.history += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(text)}]
+        self._record(question, ids, reply_ids, "".join(text))

@@ -111,7 +111,6 @@ class ContinuousBatch:
         self._column = 0  # cache positions in use (the same for every row)
         self._tokens: torch.Tensor | None = None  # [B]: the tokens just emitted, fed by the next step
         self._banned: torch.Tensor | None = None  # [V]: ids no row may emit
-        self._stop_ids = set(processor.eos_token_ids)
 
     @property
     def running(self) -> int:

@@ -24,7 +24,7 @@ import torch
 
 from tarsier.checkpoints import DEFAULT_MODEL
 from tarsier.engine.continuous_batch import ContinuousBatch, Job
-from tarsier.engine.frames_cache import FramesCache, media_key
+from tarsier.engine.frames_cache import FramesCache
 from tarsier.engine.generation import GenerationSettings, TextPieces
 from tarsier.engine.loading import load_pretrained
 from tarsier.engine.prefix_cache import prefix_cache_for
@@ -34,7 +34,7 @@ from tarsier.models.interface import FamilyModel, FamilyProcessor
 from tarsier.models.processing_common import MediaItem
 from tarsier.prompting import default_prompt
 
-# Batches are formed from this many batches' worth of prepared items, sorted by prompt length.
+# Items are generated in windows of this many batches' worth, each video's prompts together.
 GROUPING_WINDOW = 2
 
 
@@ -196,11 +196,8 @@ class Describer:
             yield prepared
 
     def _batched(self, prepared_items: Iterable[PreparedRequest]) -> Iterator[DescribeResult]:
-        """Batches of similar prompt length (so left padding stays small), results in request order.
-
-        Items are sorted by length within a window of a few batches; a wider window would pad less
-        but hold results back longer.
-        """
+        """Results in request order, generated a window of a few batches' worth at a time (a wider
+        window would bring more of a video's prompts together but hold results back longer)."""
         window_size = self.batch_size * (GROUPING_WINDOW if self.batch_size > 1 else 1)
         window: list[PreparedRequest] = []
         for prepared in prepared_items:
@@ -232,18 +229,17 @@ class Describer:
         continuous batch (a finished row's place goes to the next item at once), the same media's
         items one after another, so each video is prefilled once and its later prompts reuse it."""
         ready = grouped_by_media([item for item in window if item.error is None], lambda item: item.request.media)
+        identities = [_media_identity(item.request.media) for item in ready]
         outcomes: dict[int, tuple[list[int], list[str | None]]] = {}
         started = time.perf_counter()
         # A prefix is kept when another item here uses the same media, or the next window may (the last media).
-        uses = Counter(_media_identity(item.request.media) for item in ready)
-        last = _media_identity(ready[-1].request.media) if ready else None
-        for item in ready:
+        uses = Counter(identities)
+        for item, identity in zip(ready, identities):
             tokens: list[int] = []
             ends: list[str | None] = []
             outcomes[id(item)] = (tokens, ends)
-            identity = _media_identity(item.request.media)
             self.batch.add(Job(item.ids, item.media_inputs or None, self.generation, tokens.append, ends.append,
-                               media_key=item.media_key, keep_prefix=uses[identity] > 1 or identity == last))
+                               media_key=item.media_key, keep_prefix=uses[identity] > 1 or identity == identities[-1]))
         while self.batch.busy():
             self.batch.step()
         seconds = time.perf_counter() - started
@@ -276,7 +272,7 @@ def prepare_request(
         prepared.prompt = request.prompt if request.prompt is not None else default_prompt(frames.kind)
         prepared.ids, prepared.media_inputs = processor.encode_item(prepared.prompt, frames)
         if prepared.media_inputs and frames_cache is not None:
-            prepared.media_key = media_key(frames_cache, frames, prepared.media_inputs)
+            prepared.media_key = frames_cache.media_key(frames, prepared.media_inputs)
         prepared.frame_indices, prepared.total_frames = list(frames.indices), frames.total_frames
     except Exception as exc:  # recorded per item; the job goes on
         prepared.error = one_line(exc)

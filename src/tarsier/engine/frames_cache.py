@@ -8,6 +8,7 @@ not cached. The prefix cache downstream is keyed by the pixel values themselves.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -67,22 +68,18 @@ class FramesCache:
                 self._digests.pop(id(evicted), None)
         return frames
 
-    def digest(self, frames: SampledFrames, compute: Callable[[], str]) -> str:
-        """``compute()`` once per cached ``frames`` object (the media key of its pixel values)."""
+    def media_key(self, frames: SampledFrames, media: Mapping[str, Any]) -> str:
+        """The prefix cache's key of ``media`` (the model inputs made from ``frames``), hashed once
+        per cached frames object rather than once per prompt about them."""
         with self._lock:
             cached = any(entry is frames for entry in self._entries.values())
             if cached and id(frames) in self._digests:
                 return self._digests[id(frames)]
-        value = compute()
+        value = media_digest(media)
         if cached:
             with self._lock:
                 self._digests[id(frames)] = value
         return value
-
-def media_key(frames_cache: FramesCache, frames: SampledFrames, media: Mapping[str, Any]) -> str:
-    """The prefix cache's media key of ``media`` (the model inputs made from ``frames``), computed
-    once per cached frames rather than once per prompt about them."""
-    return frames_cache.digest(frames, lambda: media_digest(media))
 
 
 def file_identity(media: Any) -> Hashable | None:
@@ -93,9 +90,10 @@ def file_identity(media: Any) -> Hashable | None:
         return None
     identity = []
     for path in paths:
+        resolved = Path(path).resolve()
         try:
-            stat = Path(path).resolve().stat()
+            status = resolved.stat()
         except OSError:
             return None
-        identity.append((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, Path(path).is_dir()))
+        identity.append((str(resolved), status.st_size, status.st_mtime_ns, stat.S_ISDIR(status.st_mode)))
     return tuple(identity)
