@@ -17,7 +17,7 @@ from tarsier.errors import CheckpointError
 DEFAULT_MODEL = "omni-research/Tarsier-7b"
 
 # Models shipped inside the package, usable offline by name.
-BUNDLED_MODELS = {"shapes-demo": Path(__file__).parent / "assets" / "shapes-demo"}
+BUNDLED_MODELS = {name: Path(__file__).parent / "assets" / name for name in ("shapes-demo", "tarsier2-shapes-demo")}
 
 # What a processor of either family reads (missing optional files are fine): Tarsier2 renders prompts
 # with the checkpoint's chat template and stops at generation_config.json's EOS ids.
@@ -38,7 +38,7 @@ MODEL_FILES = PROCESSOR_FILES + ("*.safetensors", "*.safetensors.index.json")
 
 
 def bundled_or_given(name_or_path: str | os.PathLike) -> str | os.PathLike:
-    """A bundled model's folder for its name (``shapes-demo``); anything else unchanged."""
+    """A bundled model's folder for its name (``shapes-demo``, ``tarsier2-shapes-demo``); anything else unchanged."""
     return BUNDLED_MODELS.get(str(name_or_path), name_or_path)
 
 
@@ -47,6 +47,8 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, files: Sequence[str]
     path = Path(bundled_or_given(name_or_path))
     if path.is_dir():
         return path
+    if str(name_or_path) in BUNDLED_MODELS:
+        raise CheckpointError(f"{name_or_path}: the bundled model is missing from this install ({path})")
     if path.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
         raise CheckpointError(f"{name_or_path}: not a checkpoint folder or a hub model id (owner/name)")
     from huggingface_hub import snapshot_download

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,11 +280,17 @@ class Tarsier2Preset:
     text_heads: int = 2
     text_kv_heads: int = 1
     mrope_section: tuple[int, int, int] = (2, 3, 3)  # sums to head_dim / 2 (real: 16, 24, 24 of 64)
+    text_mlp_ratio: int = 2  # intermediate_size / hidden_size of the LLM
+    vision_mlp_ratio: int = 2
 
 
-def tarsier2_official_config(preset: Tarsier2Preset) -> dict[str, Any]:
-    """A Tarsier2 config.json shaped like the published one, including keys that must be ignored."""
-    ids = QWEN2_SPECIAL_IDS
+def tarsier2_official_config(
+    preset: Tarsier2Preset, special_ids: dict[str, int] = QWEN2_SPECIAL_IDS, vocab_size: int = TARSIER2_VOCAB_SIZE
+) -> dict[str, Any]:
+    """A Tarsier2 config.json shaped like the published one, including keys that must be ignored.
+
+    ``special_ids`` and ``vocab_size``: the real Qwen2 ones unless a smaller tokenizer says otherwise."""
+    ids = special_ids
     return {
         "architectures": ["TarsierForConditionalGeneration"],
         "auto_map": {"AutoConfig": "models--modeling_tarsier.LlavaConfig"},
@@ -304,7 +311,7 @@ def tarsier2_official_config(preset: Tarsier2Preset) -> dict[str, Any]:
             "hidden_size": preset.text_width,
             "image_token_id": ids["<|image_pad|>"],
             "initializer_range": 0.02,
-            "intermediate_size": preset.text_width * 2,
+            "intermediate_size": preset.text_width * preset.text_mlp_ratio,
             "max_position_embeddings": 32768,
             "max_window_layers": preset.text_layers,
             "model_type": "qwen2_vl",
@@ -324,7 +331,7 @@ def tarsier2_official_config(preset: Tarsier2Preset) -> dict[str, Any]:
             "vision_end_token_id": ids["<|vision_end|>"],
             "vision_start_token_id": ids["<|vision_start|>"],
             "vision_token_id": ids["<|vision_pad|>"],
-            "vocab_size": TARSIER2_VOCAB_SIZE,
+            "vocab_size": vocab_size,
         },
         "torch_dtype": "bfloat16",
         "transformers_version": "4.46.2",
@@ -335,7 +342,7 @@ def tarsier2_official_config(preset: Tarsier2Preset) -> dict[str, Any]:
             "hidden_act": "quick_gelu",
             "hidden_size": preset.text_width,  # the merger's output: the LLM width
             "in_chans": 3,
-            "mlp_ratio": 2,
+            "mlp_ratio": preset.vision_mlp_ratio,
             "model_type": "qwen2_vl",
             "num_heads": preset.vision_heads,
             "patch_size": 14,
@@ -347,12 +354,9 @@ def tarsier2_official_config(preset: Tarsier2Preset) -> dict[str, Any]:
     }
 
 
-def write_qwen2_tokenizer(folder: Path) -> None:
-    """A small byte-level BPE with Qwen2's pre-tokeniser, decoder and special tokens at their real ids.
-
-    The tokenizers library numbers added tokens after the model's vocabulary, so the special tokens
-    also enter the BPE vocabulary with their ids; ``added_tokens`` then keeps those ids.
-    """
+def qwen2_bpe(corpus: Iterable[str], vocab_size: int) -> Any:
+    """A byte-level BPE (a ``tokenizers.Tokenizer``) with Qwen2's normaliser, pre-tokeniser and
+    decoder, its merges learnt from ``corpus``; no special tokens yet."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -366,15 +370,19 @@ def write_qwen2_tokenizer(folder: Path) -> None:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    tokenizer.train_from_iterator([_BPE_CORPUS], trainer)
-    spec = json.loads(tokenizer.to_str())
-    spec["model"]["vocab"].update(QWEN2_SPECIAL_IDS)
+    tokenizer.train_from_iterator(corpus, trainer)
+    return tokenizer
+
+
+def write_qwen2_tokenizer_files(folder: Path, spec: dict[str, Any], special_ids: dict[str, int]) -> None:
+    """``tokenizer.json`` (``spec``, a tokenizer's JSON form, with ``special_ids`` as its added special
+    tokens) and ``tokenizer_config.json`` as Qwen2 checkpoints ship them."""
     spec["added_tokens"] = [
         {"id": token_id, "content": token, "single_word": False, "lstrip": False, "rstrip": False,
          "normalized": False, "special": True}
-        for token, token_id in QWEN2_SPECIAL_IDS.items()
+        for token, token_id in special_ids.items()
     ]
     (folder / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
     tokenizer_config = {
@@ -391,6 +399,49 @@ def write_qwen2_tokenizer(folder: Path) -> None:
         "clean_up_tokenization_spaces": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def write_qwen2_tokenizer(folder: Path) -> None:
+    """A small byte-level BPE with Qwen2's pre-tokeniser, decoder and special tokens at their real ids.
+
+    The tokenizers library numbers added tokens after the model's vocabulary, so the special tokens
+    also enter the BPE vocabulary with their ids; ``added_tokens`` then keeps those ids.
+    """
+    spec = json.loads(qwen2_bpe([_BPE_CORPUS], 400).to_str())
+    spec["model"]["vocab"].update(QWEN2_SPECIAL_IDS)
+    write_qwen2_tokenizer_files(folder, spec, QWEN2_SPECIAL_IDS)
+
+
+def qwen2_vl_preprocessor(min_pixels: int = 3136, max_pixels: int = 12845056) -> dict[str, Any]:
+    """``preprocessor_config.json`` of a Qwen2-VL checkpoint: patch 14, temporal patch 2, merge 2,
+    CLIP's mean and std; frames resized to multiples of 28 within ``[min_pixels, max_pixels]``."""
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+    }
+
+
+def qwen2_generation_config(special_ids: dict[str, int] = QWEN2_SPECIAL_IDS) -> dict[str, Any]:
+    """``generation_config.json`` as published: greedy, stopping at ``<|im_end|>`` or ``<|endoftext|>``."""
+    return {
+        "bos_token_id": special_ids["<|endoftext|>"],
+        "do_sample": False,
+        "eos_token_id": [special_ids["<|im_end|>"], special_ids["<|endoftext|>"]],
+        "max_new_tokens": 512,
+        "pad_token_id": special_ids["<|endoftext|>"],
+    }
 
 
 def build_random_tarsier2_checkpoint(
@@ -419,29 +470,7 @@ def build_random_tarsier2_checkpoint(
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
     write_qwen2_tokenizer(folder)
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": TARSIER2_CHAT_TEMPLATE}, indent=2) + "\n")
-    preprocessor = {
-        "image_processor_type": "Qwen2VLImageProcessor",
-        "do_convert_rgb": True,
-        "do_resize": True,
-        "resample": 3,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "min_pixels": 3136,
-        "max_pixels": 12845056,
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "merge_size": 2,
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
-    generation = {
-        "bos_token_id": QWEN2_SPECIAL_IDS["<|endoftext|>"],
-        "do_sample": False,
-        "eos_token_id": [QWEN2_SPECIAL_IDS["<|im_end|>"], QWEN2_SPECIAL_IDS["<|endoftext|>"]],
-        "max_new_tokens": 512,
-        "pad_token_id": QWEN2_SPECIAL_IDS["<|endoftext|>"],
-    }
+    (folder / "preprocessor_config.json").write_text(json.dumps(qwen2_vl_preprocessor(), indent=2) + "\n")
+    generation = qwen2_generation_config()
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return folder

@@ -29,6 +29,12 @@ def videos(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(params=[True, False], ids=["shared-prefix", "copied-prefix"])
+def share(request):
+    """Rows attend a cached prefix where it is held (one copy), or each row gets a copy of it."""
+    return request.param
+
+
 @pytest.fixture(scope="module", params=["tarsier", "tarsier2"])
 def loaded(request, fast_checkpoint, tarsier2_checkpoint):
     checkpoint = fast_checkpoint if request.param == "tarsier" else tarsier2_checkpoint
@@ -54,7 +60,8 @@ def recording(monkeypatch):
 
     def recorded_emit(self):
         for row, logits in zip(self._rows, self._logits):
-            jobs[id(row.job)].logits.append(logits.clone())
+            if id(row.job) in jobs:
+                jobs[id(row.job)].logits.append(logits.clone())
         emit(self)
 
     monkeypatch.setattr(ContinuousBatch, "_emit", recorded_emit)
@@ -90,11 +97,12 @@ def run(engine, arrivals):
         step += 1
 
 
-def test_staggered_requests_and_a_reused_prefix_match_one_full_forward(loaded, videos, recording):
+def test_staggered_requests_and_a_reused_prefix_match_one_full_forward(loaded, videos, recording, share):
     model, processor = loaded
     first, second = (processor.load_media(str(path)) for path in videos)
     cache = PrefixCache(budget_bytes=1 << 30)
-    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache)
+    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache, share_prefixes=share)
+    assert engine.shares_prefixes == share
     records = [
         Recorded(processor, "Describe the video.", first, 9),
         Recorded(processor, "What colour is the block?", first, 6),  # joins mid-decode; the first one's prefix
@@ -121,11 +129,11 @@ def _through_last_media_id(processor, record):
     return 1 + max(i for i, token in enumerate(record.job.ids) if token in media_ids)
 
 
-def test_a_follow_up_turn_continues_the_conversation_s_cached_kv(loaded, videos, recording):
+def test_a_follow_up_turn_continues_the_conversation_s_cached_kv(loaded, videos, recording, share):
     model, processor = loaded
     frames = processor.load_media(str(videos[0]))
     cache = PrefixCache(budget_bytes=1 << 30)
-    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache)
+    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache, share_prefixes=share)
     ids, media = processor.encode_conversation([{"role": "user", "content": "What happens?"}], frames)
     first = Recorded(processor, None, None, 6, remember=True, ids=ids, media=media)
     recording[id(first.job)] = first
@@ -142,18 +150,65 @@ def test_a_follow_up_turn_continues_the_conversation_s_cached_kv(loaded, videos,
         check_against_full_forward(model, record)
 
 
-def test_the_cache_stays_within_its_budget_and_evicts_the_least_recently_used(loaded, videos):
+def test_the_cache_stays_within_its_budget_and_evicts_the_least_recently_used(loaded, videos, share):
+    model, processor = loaded
+    clips = [processor.load_media(str(path)) for path in videos]
+    probe = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, prefix_cache=probe, share_prefixes=share)
+    engine.add(Recorded(processor, "Describe the video.", clips[0], 1).job)
+    run(engine, {})
+    one_entry = probe.nbytes
+    cache = PrefixCache(budget_bytes=one_entry + one_entry // 2)  # room for one video's prefix
+    engine = ContinuousBatch(model, processor, prefix_cache=cache, share_prefixes=share)
+    for clip in (clips[0], clips[1], clips[0]):
+        engine.add(Recorded(processor, "Describe the video.", clip, 1).job)
+        run(engine, {})
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (0, 3, 2)
+    assert len(cache) == 1 and cache.nbytes == one_entry <= cache.budget_bytes
+
+
+def test_rows_asking_about_one_video_hold_its_prefix_once(loaded, videos, recording):
+    """Three questions about one video in one batch: the prefix is prefilled once, held once (the
+    batch's cache holds only each row's own positions) and every step still equals a full forward."""
+    model, processor = loaded
+    frames = processor.load_media(str(videos[0]))
+    cache = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache, prefills_per_step=3)
+    records = [Recorded(processor, question, frames, 6) for question in ("Describe the video.", "What moves?", "Colours?")]
+    for record in records:
+        recording[id(record.job)] = record
+        engine.add(record.job)
+    engine.step()
+    prefix = _through_last_media_id(processor, records[0])
+    (entry,) = cache._entries.values()
+    assert len(entry.ids) == prefix and entry.users == 3
+    assert engine._cache.capacity < prefix  # no row holds a copy of the video's positions
+    assert engine._shared.plain == 0 and engine._shared.groups == [(0, 3, entry.cache)]
+    assert (cache.stats.hits, cache.stats.misses) == (2, 1)
+    run(engine, {})
+    assert entry.users == 0
+    for record in records:
+        assert record.ended == [None]
+        check_against_full_forward(model, record)
+
+
+def test_a_prefix_in_use_is_not_evicted(loaded, videos, recording):
+    """With room for one video's prefix, a second video's prefix does not push out the one a running
+    row attends: it is used by its own row without being kept, and both answer as alone."""
     model, processor = loaded
     clips = [processor.load_media(str(path)) for path in videos]
     probe = PrefixCache(budget_bytes=1 << 30)
     engine = ContinuousBatch(model, processor, prefix_cache=probe)
     engine.add(Recorded(processor, "Describe the video.", clips[0], 1).job)
     run(engine, {})
-    one_entry = probe.nbytes
-    cache = PrefixCache(budget_bytes=one_entry + one_entry // 2)  # room for one video's prefix
-    engine = ContinuousBatch(model, processor, prefix_cache=cache)
-    for clip in (clips[0], clips[1], clips[0]):
-        engine.add(Recorded(processor, "Describe the video.", clip, 1).job)
-        run(engine, {})
-    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (0, 3, 2)
-    assert len(cache) == 1 and cache.nbytes == one_entry <= cache.budget_bytes
+    cache = PrefixCache(budget_bytes=probe.nbytes + probe.nbytes // 2)
+    engine = ContinuousBatch(model, processor, max_batch_size=2, prefix_cache=cache)
+    records = [Recorded(processor, "Describe the video.", clips[0], 8), Recorded(processor, "Describe the video.", clips[1], 4)]
+    for record in records:
+        recording[id(record.job)] = record
+    run(engine, {0: records[:1], 2: records[1:]})
+    assert (cache.stats.misses, cache.stats.evictions, len(cache)) == (2, 0, 1)
+    assert next(iter(cache._entries.values())).ids == tuple(records[0].job.ids[: _through_last_media_id(processor, records[0])])
+    for record in records:
+        assert record.ended == [None]
+        check_against_full_forward(model, record)

@@ -95,3 +95,20 @@ def test_questions_about_one_video_decode_and_prefill_it_once_and_match_an_uncac
                          cache_bytes=0)
     assert [r.text for r in uncached.run(requests)] == [r.text for r in results]
     assert len(encodings) == 2 + 6 and all(r.text for r in results)
+
+
+def test_a_video_whose_questions_span_two_windows_is_prefilled_once_and_no_other_prefix_is_kept(describer, media):
+    """Windows of 4 (batch 2): the video's first question ends window one, its others open window
+    two, so its prefix is kept for them; a video asked once and not after is not kept at all."""
+    def ask(name, count):
+        return [DescribeRequest(f"{name}{n}", media[name], prompt=f"<video>\nQuestion {n}?") for n in range(count)]
+
+    fresh = Describer(describer.model, describer.processor, describer.generation, batch_size=2, num_workers=0)
+    cache = fresh.batch.prefix_cache
+    results = list(fresh.run(ask("gif", 3) + ask("video", 3)))
+    assert all(r.text for r in results)
+    assert (cache.stats.misses, cache.stats.hits, len(cache)) == (2, 4, 2)
+    fresh = Describer(describer.model, describer.processor, describer.generation, batch_size=2, num_workers=0)
+    cache = fresh.batch.prefix_cache
+    list(fresh.run(ask("gif", 3) + ask("video", 1)))
+    assert (cache.stats.misses, cache.stats.hits, len(cache)) == (2, 2, 1)

@@ -17,12 +17,12 @@ from tarsier.scale.shards import read_shard_records, shard_files
 
 pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
-from test_ray_engine import RAY, by_key, clips, in_process, model_args  # noqa: E402,F401  (shared fixtures)
+from test_ray_engine import RAY, by_key, clips, in_process, model_args  # noqa: E402,F401,F811  (shared fixtures)
 
 TARSIER = str(Path(sys.executable).with_name("tarsier"))
 
 
-def test_a_driver_killed_mid_run_loses_and_repeats_nothing(clips, in_process, tmp_path):
+def test_a_driver_killed_mid_run_loses_and_repeats_nothing(clips, in_process, tmp_path):  # noqa: F811
     output = tmp_path / "captions"
     command = [TARSIER, "caption", str(clips / "list.txt"), "--output", f"{output}/", *model_args(),
                *RAY, "--shard-size", "3"]

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from tarsier.errors import TarsierError
-
 from tarsier.scale.shards import (
     ShardWriter,
     drop_shard_records,

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import make_config
+
 from tarsier import TarsierForConditionalGeneration
 from tarsier.train.trainer import train
 

@@ -43,7 +43,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"hub id, local checkpoint folder, or shapes-demo (the bundled synthetic-world demo; default: {DEFAULT_MODEL})",
+        help="hub id, local checkpoint folder, or a bundled synthetic-world demo: shapes-demo (Tarsier), "
+        f"tarsier2-shapes-demo (Tarsier2) (default: {DEFAULT_MODEL})",
     )
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: cuda if available, else cpu)")
     group.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: bf16 on GPU, fp32 on CPU)")

@@ -2,16 +2,23 @@
 
 Every row of the batch shares the cache's write column, and each keeps its own mask, position and
 settings, so rows of different lengths and ages share a step. A request is prefilled on its own
-(its left padding never computed), reusing the KV of a cached prefix when one matches
-(:mod:`tarsier.engine.prefix_cache`), then placed into the batch's cache right-aligned at the
-column: a longer prompt moves the others right, and columns no row attends any more are dropped
-then. A finished or cancelled row leaves at once. While rows are streaming, at most
-``prefills_per_step`` new requests are prefilled between two steps, so a burst of long prompts
-delays each streaming row by one prefill at a time, not by all of them.
+(its left padding never computed) into its place in the batch's cache, right-aligned at the column:
+a longer prompt moves the others right, and columns no row attends any more are dropped then. A
+finished or cancelled row leaves at once. While rows are streaming, at most ``prefills_per_step``
+new requests are prefilled between two steps, so a burst of long prompts delays each streaming row
+by one prefill at a time, not by all of them.
 
-Greedy ids are those of a request decoded alone: its prompt is prefilled alone, masked columns
-carry no weight, and each row's positions count its own attended tokens (plus Tarsier2's M-RoPE
-delta). Tests compare every step's logits with one uncached forward of the same sequence.
+A prompt's prefix up to its last media token is looked up in the prefix cache
+(:mod:`tarsier.engine.prefix_cache`); on a miss it is prefilled first and kept there when later
+prompts may ask about the same media. Rows continuing one prefix attend it where it is held, once
+for all of them (:mod:`tarsier.engine.shared_prefix`): the batch's cache holds only each row's own
+positions, and rows are laid out without a prefix first, then by prefix, so each group is a slice.
+Where that attention cannot run (another attention kernel, a compiled step) the prefix is copied
+into each row instead.
+
+Greedy ids are those of a request decoded alone: masked columns carry no weight, and each row's
+positions count its own attended tokens (plus Tarsier2's M-RoPE delta). Tests compare every step's
+logits with one uncached forward of the same sequence.
 """
 
 from __future__ import annotations
@@ -27,8 +34,14 @@ import torch
 from tarsier.engine.decode_loop import COMPILED_CAPACITY_STEP, _decode_step
 from tarsier.engine.generation import GenerationSettings
 from tarsier.engine.kv_cache import KVCache
-from tarsier.engine.prefix_cache import PrefixCache, media_digest
+from tarsier.engine.prefix_cache import PrefixCache, PrefixEntry, media_digest
 from tarsier.engine.sampling import DecodeSettings, banned_logits, penalise_repeats, sample_rows
+from tarsier.engine.shared_prefix import (
+    SharedPrefixes,
+    grouped_order,
+    use_shared_prefix_attention,
+    uses_shared_prefix_attention,
+)
 from tarsier.errors import one_line
 
 if TYPE_CHECKING:
@@ -72,6 +85,20 @@ class _Row:
     settings: DecodeSettings
     sent: list[int] = field(default_factory=list)
     media_key: str = ""
+    start: int = 0  # prompt positions in ``prefix``, before the row's own
+    prefix: KVCache | None = None  # the KV of ``job.ids[:start]``: attended where it is, or copied into the row
+    entry: PrefixEntry | None = None  # the prefix-cache entry the row holds on to while it runs
+    inputs: _Inputs | None = None  # while the row is admitted
+
+
+@dataclass
+class _Inputs:
+    """A prompt as the model takes it, computed once for the prefill of its prefix and of the rest."""
+
+    ids: torch.Tensor  # [1, L]
+    media: dict[str, torch.Tensor]
+    positions: torch.Tensor  # [1, L], or [3, 1, L] for M-RoPE
+    rope_delta: torch.Tensor  # [1, 1]
 
 
 @dataclass
@@ -94,7 +121,11 @@ class ContinuousBatch:
         max_batch_size: int = 8,
         prefix_cache: PrefixCache | None = None,
         prefills_per_step: int = 1,
+        share_prefixes: bool = True,
     ):
+        """``share_prefixes``: rows attend a cached prefix where it is held, one copy for all
+        (:mod:`tarsier.engine.shared_prefix`), when the model runs sdpa attention and no compiled
+        step; otherwise (or False) each row gets a copy of it."""
         self.model = model
         self.processor = processor
         self.max_batch_size = max_batch_size
@@ -111,6 +142,11 @@ class ContinuousBatch:
         self._column = 0  # cache positions in use (the same for every row)
         self._tokens: torch.Tensor | None = None  # [B]: the tokens just emitted, fed by the next step
         self._banned: torch.Tensor | None = None  # [V]: ids no row may emit
+        self._shared: SharedPrefixes | None = None  # which rows attend which prefix
+        self.shares_prefixes = False
+        if prefix_cache is not None and share_prefixes and getattr(model, "compiled_decode_step", None) is None:
+            use_shared_prefix_attention(model)
+            self.shares_prefixes = uses_shared_prefix_attention(model)
 
     @property
     def running(self) -> int:
@@ -166,101 +202,167 @@ class ContinuousBatch:
         else:
             self.stats.joined += placed
 
-    def _prefill(self, row: _Row, cache: KVCache) -> _Prefilled:
-        """Prefill one request alone into ``cache`` (a view of its place in the batch, exactly its
-        prompt's length), from the longest cached prefix of its prompt when there is one."""
-        started = time.perf_counter()
+    def _find_prefix(self, row: _Row) -> None:
+        """The row's prompt as model inputs, and where its prefill starts: after the longest cached
+        prefix of it; on a miss, when later prompts may ask about the same media, its prefix (up to
+        the last media token) is prefilled first, into a cache of its own that the prefix cache keeps,
+        so the next row admitted with it already finds it."""
         model, job = self.model, row.job
         device = model.device
         media = {name: value.to(device, model.dtype if value.is_floating_point() else value.dtype)
                  for name, value in (job.media or {}).items()}
         ids = torch.tensor([job.ids], device=device)
-        length = ids.shape[1]
-        mask = torch.ones_like(ids)
-        positions, delta = model.prefill_positions(ids, mask, media)
-        if self.prefix_cache is not None:
-            row.media_key = job.media_key if job.media_key is not None else media_digest(job.media)
-        entry = self.prefix_cache.lookup(row.media_key, job.ids) if self.prefix_cache is not None else None
-        start = 0
+        positions, delta = model.prefill_positions(ids, torch.ones_like(ids), media)
+        row.inputs = _Inputs(ids, media, positions, delta)
+        if self.prefix_cache is None:
+            return
+        stats = self.prefix_cache.stats
+        row.media_key = job.media_key if job.media_key is not None else media_digest(job.media)
+        entry = self.prefix_cache.lookup(row.media_key, job.ids)
         if entry is not None:
-            start = len(entry.ids)
-            cache.copy_row(0, entry.cache, start)
-            cache.set_length(start)
-            media = {}  # every media position is in the reused prefix
-        out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=positions[..., start:], cache=cache.cache,
-                    use_cache=True, logits_to_keep=1, **media)
-        if self.prefix_cache is not None:
-            self.prefix_cache.stats.reused_positions += start
-            self.prefix_cache.stats.prefilled_positions += length - start
-            boundary = _last_media_position(job.ids, self.processor.media_token_ids)
-            if entry is None and job.keep_prefix and boundary is not None and boundary + 1 < length:
-                self.prefix_cache.store(row.media_key, job.ids[: boundary + 1], cache, model)
+            row.start, row.prefix = len(entry.ids), entry.cache
+            self._hold(row, entry)
+            stats.reused_positions += row.start
+            stats.prefilled_positions += len(job.ids) - row.start
+            return
+        stats.prefilled_positions += len(job.ids)
+        boundary = _last_media_position(job.ids, self.processor.media_token_ids)
+        if not (job.keep_prefix and boundary is not None and boundary + 1 < len(job.ids)):
+            return
+        started = time.perf_counter()
+        prefix = KVCache(model, 1, boundary + 1, allocate=True)
+        model(input_ids=ids[:, : boundary + 1], attention_mask=torch.ones_like(ids[:, : boundary + 1]),
+              position_ids=positions[..., : boundary + 1], cache=prefix.cache, use_cache=True, logits_to_keep=1, **media)
+        self.stats.prefill_seconds += time.perf_counter() - started
+        row.start, row.prefix = boundary + 1, prefix
+        self._hold(row, self.prefix_cache.insert(row.media_key, job.ids[: boundary + 1], prefix))
+
+    def _hold(self, row: _Row, entry: PrefixEntry | None) -> None:
+        if entry is not None and self.shares_prefixes:
+            row.entry = entry
+            entry.users += 1
+
+    def _release(self, rows: list[_Row]) -> None:
+        for row in rows:
+            if row.entry is not None:
+                row.entry.users -= 1
+                row.entry = None
+
+    def _own_length(self, row: _Row) -> int:
+        """Positions the row holds in the batch's cache: its prompt after a shared prefix, else all of it."""
+        return len(row.job.ids) - (row.start if self.shares_prefixes else 0)
+
+    def _prefill(self, row: _Row, cache: KVCache) -> _Prefilled:
+        """Prefill the rest of one request's prompt, alone, into ``cache`` (a view of its place in the
+        batch, exactly :meth:`_own_length` long), after the prefix :meth:`_find_prefix` found."""
+        started = time.perf_counter()
+        model, inputs, start = self.model, row.inputs, row.start
+        media, extra = inputs.media, {}
+        if start:
+            media = {}  # every media position is in the prefix
+            if self.shares_prefixes:
+                extra["shared_prefix"] = SharedPrefixes(0, [(0, 1, row.prefix)])
+            else:
+                cache.copy_row(0, row.prefix, start)
+                cache.set_length(start)
+        length = inputs.ids.shape[1]
+        mask = torch.ones(1, self._own_length(row) if self.shares_prefixes else length, dtype=torch.long, device=model.device)
+        out = model(input_ids=inputs.ids[:, start:], attention_mask=mask, position_ids=inputs.positions[..., start:],
+                    cache=cache.cache, use_cache=True, logits_to_keep=1, **media, **extra)
         seen = None
         if row.settings.repetition_penalty != 1:
-            seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=device)
-            seen[ids[0]] = True
+            seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=model.device)
+            seen[inputs.ids[0]] = True
         self.stats.prefill_seconds += time.perf_counter() - started
-        return _Prefilled(out.logits[0, -1], delta, seen)
+        return _Prefilled(out.logits[0, -1], inputs.rope_delta, seen)
 
     def _place(self, admitted: list[_Row]) -> int:
         """Prefill the new rows and put them with the running ones into one cache, right-aligned at
         the new column; returns how many new rows were placed (a row whose prefill fails ends alone).
 
-        The cache is laid out before any prefill (prompt lengths are known), and each prompt is
-        prefilled straight into its place: no cache of its own to allocate and copy.
+        The cache is laid out before any prefill of a row's own positions (their count is known once
+        its prefix is found), and each is prefilled straight into its place: no cache of its own to
+        allocate and copy.
         """
         model, device = self.model, self.model.device
+        ready = []
+        for row in admitted:
+            try:
+                self._find_prefix(row)
+            except Exception as exc:  # this request alone fails: bad media, too long, ...
+                self._release([row])
+                row.job.on_end(one_line(exc))
+                continue
+            ready.append(row)
+        admitted = ready
+        if not admitted:
+            return 0
         old = len(self._rows)
         lead = 0
         if old:  # columns no running row attends any more
             lead = int(self._mask[:, : self._column].argmax(1).min()) if self._mask[:, : self._column].any() else self._column
         kept = self._column - lead
-        column = max([kept] + [len(row.job.ids) for row in admitted])
+        column = max([kept] + [self._own_length(row) for row in admitted])
         rows = self._rows + admitted
         remaining = [row.settings.max_new_tokens - len(row.sent) for row in rows]
         capacity = column + max(remaining)
         if getattr(model, "compiled_decode_step", None) is not None:
             capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
+        order = grouped_order([row.prefix if self.shares_prefixes else None for row in rows])
+        slot = {index: position for position, index in enumerate(order)}  # a row's index in the new layout
         cache = KVCache(model, len(rows), capacity, allocate=True)
         mask = torch.zeros(len(rows), capacity, dtype=torch.long, device=device)
         shift = column - kept
         for index in range(old):
-            cache.copy_row(index, self._cache, kept, shift, source_row=index, source_offset=lead)
-            mask[index, shift : shift + kept] = self._mask[index, lead : self._column]
+            cache.copy_row(slot[index], self._cache, kept, shift, source_row=index, source_offset=lead)
+            mask[slot[index], shift : shift + kept] = self._mask[index, lead : self._column]
         self._cache = None  # the old layout's memory goes back before the prefills
-        placed: list[tuple[int, _Row, _Prefilled]] = []
-        for offset, row in enumerate(admitted, start=old):
-            length = len(row.job.ids)
+        placed: dict[int, _Prefilled] = {}
+        for index, row in enumerate(admitted, start=old):
+            length = self._own_length(row)
             try:
-                prefilled = self._prefill(row, cache.positions_view(model, offset, column - length, length))
+                placed[index] = self._prefill(row, cache.positions_view(model, slot[index], column - length, length))
             except Exception as exc:  # this request alone fails: bad media, too long, ...
+                self._release([row])
                 row.job.on_end(one_line(exc))
                 continue
-            mask[offset, column - length : column] = 1
-            placed.append((offset, row, prefilled))
-        keep = list(range(old)) + [offset for offset, _, _ in placed]
-        if not keep:
+            finally:
+                row.inputs = None
+            mask[slot[index], column - length : column] = 1
+        kept_rows = [index for index in order if index < old or index in placed]  # in the new layout's order
+        if not kept_rows:
             self._keep([])
             return 0
-        if len(keep) < len(rows):  # drop the slots of rows whose prefill failed
-            on_device = torch.tensor(keep, dtype=torch.long, device=device)
+        if len(kept_rows) < len(rows):  # drop the slots of rows whose prefill failed
+            on_device = torch.tensor([slot[index] for index in kept_rows], dtype=torch.long, device=device)
             cache.keep_rows(on_device)
             mask = mask[on_device]
-            rows = [rows[i] for i in keep]
         cache.set_length(column)
-        new = [prefilled for _, _, prefilled in placed]
-        positions = [torch.tensor([len(row.job.ids)], device=device) + p.rope_delta.reshape(1).to(device)
-                     for _, row, p in placed]
-        self._next_position = torch.cat(([self._next_position] if old else []) + positions)
-        self._logits = torch.cat(([self._logits] if old else []) + [p.logits[None] for p in new])
-        if any(p.seen is not None for p in new) or self._seen is not None:
-            vocab = self._logits.shape[-1]
-            empty = torch.zeros(vocab, dtype=torch.bool, device=device)
-            before = self._seen if self._seen is not None else torch.zeros(old, vocab, dtype=torch.bool, device=device)
-            self._seen = torch.cat([before] + [(p.seen if p.seen is not None else empty)[None] for p in new])
+
+        def first_token(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            """A row's next position, next-token logits and seen ids, from the running batch or its prefill."""
+            if index < old:
+                return self._next_position[index], self._logits[index], None if self._seen is None else self._seen[index]
+            prefilled = placed[index]
+            return (len(rows[index].job.ids) + prefilled.rope_delta.reshape(()).to(device), prefilled.logits, prefilled.seen)
+
+        firsts = [first_token(index) for index in kept_rows]
+        self._next_position = torch.stack([position for position, _, _ in firsts])
+        self._logits = torch.stack([logits for _, logits, _ in firsts])
+        self._seen = None
+        if any(seen is not None for _, _, seen in firsts):
+            empty = torch.zeros(self._logits.shape[-1], dtype=torch.bool, device=device)
+            self._seen = torch.stack([empty if seen is None else seen for _, _, seen in firsts])
+        rows = [rows[index] for index in kept_rows]
         self._rows, self._cache, self._mask, self._column = rows, cache, mask, column
         self._banned = banned_logits([row.settings for row in rows], self._logits.shape[-1], device)
+        self._shared = self._shared_prefixes()
         return len(placed)
+
+    def _shared_prefixes(self) -> SharedPrefixes | None:
+        if not self.shares_prefixes:
+            return None
+        return SharedPrefixes.of_rows([row.prefix for row in self._rows])
 
     def _emit(self) -> None:
         """Each row's next token from its logits; rows that ended (EOS, limit, cancelled) leave."""
@@ -291,19 +393,31 @@ class ContinuousBatch:
             job.on_end(None)
 
     def _remember(self, index: int, row: _Row) -> None:
-        """Store the conversation so far (prompt and reply but its last token, which has no KV yet)."""
+        """Store the conversation so far (prompt and reply but its last token, which has no KV yet):
+        the row's shared prefix, if any, then its own positions."""
         held = row.job.ids + row.sent[:-1]
-        start = self._column - int(self._mask[index, : self._column].sum())
-        self.prefix_cache.store(row.media_key, held, self._cache, self.model, index, start)
+        own = int(self._mask[index, : self._column].sum())
+        first = self._column - own
+        if not (self.shares_prefixes and row.start):
+            self.prefix_cache.store(row.media_key, held, self._cache, self.model, index, first)
+            return
+        kept = KVCache(self.model, 1, len(held), allocate=True)
+        kept.copy_row(0, row.prefix, row.start)
+        kept.copy_row(0, self._cache, own, row.start, source_row=index, source_offset=first)
+        kept.set_length(len(held))
+        self.prefix_cache.insert(row.media_key, held, kept)
 
     def _keep(self, keep: list[int]) -> None:
+        kept = set(keep)
+        self._release([row for index, row in enumerate(self._rows) if index not in kept])
         if not keep:
             self._rows, self._cache, self._mask, self._logits, self._seen = [], None, None, None, None
-            self._column = 0
+            self._shared, self._column = None, 0
             return
         rows = torch.tensor(keep)
         on_device = rows.to(self.model.device)
         self._rows = [self._rows[i] for i in keep]
+        self._shared = self._shared_prefixes()
         self._cache.keep_rows(on_device)
         self._mask, self._next_position = self._mask[on_device], self._next_position[on_device]
         self._tokens = self._tokens[rows]
@@ -316,8 +430,13 @@ class ContinuousBatch:
         device = self.model.device
         self._mask[:, self._column] = 1
         try:
+            extra = {}
+            if self._shared is not None:  # the columns the grouped rows' own positions take
+                own = max(len(row.job.ids) - row.start + len(row.sent) for row in self._rows if row.prefix is not None)
+                self._shared.window = (self._column + 1 - own, self._column + 1)
+                extra["shared_prefix"] = self._shared
             self._logits = _decode_step(self.model, input_ids=self._tokens[:, None].to(device), attention_mask=self._mask,
-                                        position_ids=self._next_position[:, None], cache=self._cache.cache)
+                                        position_ids=self._next_position[:, None], cache=self._cache.cache, **extra)
         except Exception as exc:
             self._fail(exc)
             return

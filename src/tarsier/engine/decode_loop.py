@@ -1,6 +1,6 @@
-"""The static-batch decode loop of the Python API (``generate_ids``/``generate_text``/``stream_text``,
-:class:`~tarsier.engine.chat.ChatSession`): a batch prepared together runs to its end. Applications
-run :class:`~tarsier.engine.continuous_batch.ContinuousBatch` instead, which shares the step
+"""The static-batch decode loop of the Python API (``generate_ids``/``generate_text``/``stream_text``):
+a batch prepared together runs to its end. Applications and chats run
+:class:`~tarsier.engine.continuous_batch.ContinuousBatch` instead, which shares the step
 (:func:`_decode_step`), the cache and the sampling with it and lets requests join and leave.
 
 Why our own loop rather than transformers' ``generate``:
@@ -106,7 +106,6 @@ def decode(
     attention_mask: torch.Tensor,
     pixel_values: torch.Tensor | None,
     settings: DecodeSettings | Sequence[DecodeSettings],
-    cache: KVCache | None = None,
     cancelled: Container[int] = (),
     *,
     extra_inputs: Mapping[str, torch.Tensor] | None = None,
@@ -115,13 +114,11 @@ def decode(
 
     ``input_ids`` are left-padded prompts ``[B, n]``. ``extra_inputs`` are the model's other media
     inputs for the prompt (Tarsier2's ``image_grid_thw``). ``settings`` is one for the batch or one
-    per row. With ``cache`` (one row, holding earlier turns), ``input_ids`` continue it; it must have
-    room for ``n + max_new_tokens`` more positions. A row found in ``cancelled`` (checked after each
-    step) stops there. Stopping the iteration early stops generation after the current step.
+    per row. A row found in ``cancelled`` (checked after each step) stops there. Stopping the
+    iteration early stops generation after the current step.
 
     The model places the prompt (:meth:`prefill_positions`: positions and a per-row delta, 0 for
-    Tarsier, M-RoPE's for Tarsier2); every later token sits at ``attended tokens + delta``. A
-    continued cache's turn adds the delta of the turns before it (``KVCache.rope_deltas``).
+    Tarsier, M-RoPE's for Tarsier2); every later token sits at ``attended tokens + delta``.
     """
     batch, length = input_ids.shape
     per_row = [settings] * batch if isinstance(settings, DecodeSettings) else list(settings)
@@ -134,41 +131,29 @@ def decode(
     samplers = [row.sampler for row in per_row]
     penalties = torch.tensor([row.repetition_penalty for row in per_row], dtype=torch.float32)
     longest = int(limits.max())
-    past = cache.length if cache is not None else 0
     # A compiled step replays one graph per batch shape, so its batch keeps finished rows (their tokens
     # are computed and ignored) rather than recording a graph for every size the batch shrinks to.
     compiled = getattr(model, "compiled_decode_step", None) is not None
     finished = torch.zeros(batch, dtype=torch.bool)
-    if cache is None:
-        capacity = length + longest
-        if compiled:  # one graph serves every prompt length up to the next multiple of COMPILED_CAPACITY_STEP
-            capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
-        cache = KVCache(model, batch, capacity, allocate=not prefill_rows_at_once(model))
-    if cache.capacity < past + length + longest:
-        raise ValueError("the KV cache has no room for this turn; grow it with KVCache.with_capacity first")
+    capacity = length + longest
+    if compiled:  # one graph serves every prompt length up to the next multiple of COMPILED_CAPACITY_STEP
+        capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
+    cache = KVCache(model, batch, capacity, allocate=not prefill_rows_at_once(model))
     device = model.device
     media = {name: value for name, value in {"pixel_values": pixel_values, **(extra_inputs or {})}.items()
              if value is not None}
     input_ids = input_ids.to(device)
     # The 2D mask spans the whole cache so its width never changes; position ids count attended tokens.
     mask = torch.zeros(batch, cache.capacity, dtype=torch.long, device=device)
-    mask[:, :past] = 1
-    mask[:, past : past + length] = attention_mask.to(device)
-    positions, deltas = model.prefill_positions(input_ids, mask[:, past : past + length], media)
-    if past:  # a continued chat: earlier turns fill every position before this one, shifted by their delta
-        deltas = deltas + cache.rope_deltas
-        positions = positions + past + cache.rope_deltas
-    cache.rope_deltas = deltas
+    mask[:, :length] = attention_mask.to(device)
+    positions, deltas = model.prefill_positions(input_ids, mask[:, :length], media)
     next_position = mask.sum(-1) + deltas[:, 0]
     logits = _prefill(model, input_ids, mask, positions, media, cache)
     banned = banned_logits(per_row, logits.shape[-1], device)
     seen = None
-    if (penalties != 1).any():  # the prompt's attended ids (and a continued chat's earlier ones) count
+    if (penalties != 1).any():  # the prompt's attended ids count
         counts = torch.zeros(batch, logits.shape[-1], dtype=torch.int32, device=device)
-        seen = counts.scatter_add_(1, input_ids, mask[:, past : past + length].int()) > 0
-        if past and cache.seen_ids is not None:
-            seen |= cache.seen_ids
-        cache.seen_ids = seen
+        seen = counts.scatter_add_(1, input_ids, mask[:, :length].int()) > 0
 
     rows = torch.arange(batch)
     for step in range(longest):
@@ -195,10 +180,10 @@ def decode(
                 on_device = keep.to(device)
                 mask, next_position = mask[on_device], next_position[on_device]
                 if seen is not None:
-                    seen = cache.seen_ids = seen[on_device]
+                    seen = seen[on_device]
                 cache.keep_rows(on_device)
                 finished = finished[keep]
-        mask[:, past + length + step] = 1
+        mask[:, length + step] = 1
         logits = _decode_step(model, input_ids=tokens[:, None].to(device), attention_mask=mask,
                               position_ids=next_position[:, None], cache=cache.cache)
         next_position = next_position + 1

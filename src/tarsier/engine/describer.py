@@ -200,11 +200,13 @@ class Describer:
         window would bring more of a video's prompts together but hold results back longer)."""
         window_size = self.batch_size * (GROUPING_WINDOW if self.batch_size > 1 else 1)
         window: list[PreparedRequest] = []
-        for prepared in prepared_items:
+        items = iter(prepared_items)
+        for prepared in items:
             window.append(prepared)
             if sum(item.error is None for item in window) == window_size:
-                yield from self._generate_window(window)
-                window = []
+                upcoming = next(items, None)  # already prepared in the background, as a rule
+                yield from self._generate_window(window, upcoming)
+                window = [] if upcoming is None else [upcoming]
         if window:
             yield from self._generate_window(window)
 
@@ -224,22 +226,26 @@ class Describer:
         """Results for already prepared items, in their order (errors pass through)."""
         return list(self._generate_window(items))
 
-    def _generate_window(self, window: list[PreparedRequest]) -> Iterator[DescribeResult]:
+    def _generate_window(self, window: list[PreparedRequest], upcoming: PreparedRequest | None = None
+                         ) -> Iterator[DescribeResult]:
         """Results of a window of prepared items, in their order. The items run through one
         continuous batch (a finished row's place goes to the next item at once), the same media's
-        items one after another, so each video is prefilled once and its later prompts reuse it."""
+        items one after another, so each video is prefilled once and its later prompts reuse it.
+        ``upcoming`` is the next window's first item: its media's prefix is kept for it."""
         ready = grouped_by_media([item for item in window if item.error is None], lambda item: item.request.media)
         identities = [_media_identity(item.request.media) for item in ready]
         outcomes: dict[int, tuple[list[int], list[str | None]]] = {}
         started = time.perf_counter()
-        # A prefix is kept when another item here uses the same media, or the next window may (the last media).
+        # A prefix is kept when another item here or the next window's first uses the same media.
         uses = Counter(identities)
+        if upcoming is not None and upcoming.error is None:
+            uses[_media_identity(upcoming.request.media)] += 1
         for item, identity in zip(ready, identities):
             tokens: list[int] = []
             ends: list[str | None] = []
             outcomes[id(item)] = (tokens, ends)
             self.batch.add(Job(item.ids, item.media_inputs or None, self.generation, tokens.append, ends.append,
-                               media_key=item.media_key, keep_prefix=uses[identity] > 1 or identity == identities[-1]))
+                               media_key=item.media_key, keep_prefix=uses[identity] > 1))
         while self.batch.busy():
             self.batch.step()
         seconds = time.perf_counter() - started

@@ -18,7 +18,6 @@ from tarsier.errors import TarsierError
 if TYPE_CHECKING:  # torch is imported where it is used, so settings validate without it
     import torch
 
-    from tarsier.engine.kv_cache import KVCache
     from tarsier.engine.sampling import DecodeSettings
     from tarsier.models.interface import FamilyModel, FamilyProcessor
 
@@ -104,7 +103,6 @@ def iter_tokens(
     processor: FamilyProcessor,
     inputs: Mapping[str, torch.Tensor],
     settings: GenerationSettings | Sequence[GenerationSettings],
-    cache: KVCache | None = None,
     cancelled: Container[int] = (),
 ) -> Iterator[dict[int, int]]:
     """``{row: token}`` after every step for the rows still running (see :func:`tarsier.engine.decode_loop.decode`).
@@ -128,7 +126,7 @@ def iter_tokens(
         else:
             decode_settings = [row.decode_settings(processor) for row in settings]
         extra = {name: value.to(model.device) for name, value in inputs.items() if name not in _DECODE_ARGUMENTS}
-        yield from decode(model, inputs["input_ids"], inputs["attention_mask"], pixels, decode_settings, cache, cancelled,
+        yield from decode(model, inputs["input_ids"], inputs["attention_mask"], pixels, decode_settings, cancelled,
                           extra_inputs=extra)
 
 
@@ -168,7 +166,6 @@ def stream_text(
     inputs: Mapping[str, torch.Tensor],
     settings: GenerationSettings,
     result: list[int] | None = None,
-    cache: KVCache | None = None,
 ) -> Iterator[str]:
     """Yield the reply of a single-row batch piece by piece as it is generated.
 
@@ -177,7 +174,7 @@ def stream_text(
     it at once. When ``result`` is a list, the generated ids are appended to it as they come.
     """
     pieces = TextPieces(processor.tokenizer)
-    for step in iter_tokens(model, processor, inputs, settings, cache):
+    for step in iter_tokens(model, processor, inputs, settings):
         token = step[0]
         if result is not None:
             result.append(token)

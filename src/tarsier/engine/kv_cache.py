@@ -14,13 +14,7 @@ if TYPE_CHECKING:
     from tarsier.models.interface import FamilyModel
 
 class KVCache:
-    """transformers' ``StaticCache`` plus what the loop needs: capacity, row copies, dropping rows.
-
-    ``rope_deltas`` (``[B, 1]``, set when a prompt is prefilled) is each row's position delta: a chat's
-    later turn continues at ``attended tokens + delta``, Tarsier2's M-RoPE delta from its first turn's
-    media (0 for Tarsier). ``seen_ids`` (``[B, vocab]`` booleans, kept only under a repetition
-    penalty) marks the ids each row's sequence holds, so a later turn penalises the earlier ones too.
-    """
+    """transformers' ``StaticCache`` plus what the loops need: capacity, row copies, views, dropping rows."""
 
     def __init__(self, model: FamilyModel, batch_size: int, capacity: int, *, allocate: bool = False):
         from transformers import StaticCache
@@ -28,8 +22,6 @@ class KVCache:
         text = model.config.text_config
         self.cache = StaticCache(config=text, max_cache_len=capacity)
         self.capacity = capacity
-        self.rope_deltas: torch.Tensor | None = None
-        self.seen_ids: torch.Tensor | None = None
         if allocate:  # needed before rows are copied in; otherwise each layer allocates on its own device
             head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
             self.cache.early_initialization(batch_size, text.num_key_value_heads, head_dim, model.dtype, model.device)
@@ -76,15 +68,3 @@ class KVCache:
         for layer in self.cache.layers:
             layer.keys = layer.keys[rows]
             layer.values = layer.values[rows]
-
-    def with_capacity(self, model: FamilyModel, capacity: int) -> KVCache:
-        """This cache if it holds ``capacity`` positions, else a larger copy (a chat's next turn)."""
-        if capacity <= self.capacity:
-            return self
-        grown = KVCache(model, 1, capacity)
-        grown.rope_deltas, grown.seen_ids = self.rope_deltas, self.seen_ids
-        length = self.length
-        for index, layer in enumerate(self.cache.layers):
-            grown.cache.layers[index].update(layer.keys[:, :, :length], layer.values[:, :, :length])
-        return grown
-

@@ -60,6 +60,7 @@ class PrefixEntry:
     ids: tuple[int, ...]
     cache: KVCache
     nbytes: int
+    users: int = 0  # running rows that attend to it where it is held: it is not evicted meanwhile
 
 
 @dataclass
@@ -113,16 +114,43 @@ class PrefixCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
-        length = len(ids)
-        kept = KVCache(model, 1, length, allocate=True)
-        kept.copy_row(0, source, length, source_row=row, source_offset=start)
-        kept.set_length(length)
-        nbytes = kept.nbytes
-        if nbytes > self.budget_bytes:
-            return
-        while self._bytes + nbytes > self.budget_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.nbytes
-            self.stats.evictions += 1
-        self._entries[key] = PrefixEntry(key[1], kept, nbytes)
+        kept = KVCache(model, 1, len(ids), allocate=True)
+        kept.copy_row(0, source, len(ids), source_row=row, source_offset=start)
+        kept.set_length(len(ids))
+        self.insert(media, ids, kept)
+
+    def insert(self, media: str, ids: Sequence[int], cache: KVCache) -> PrefixEntry | None:
+        """Keep ``cache`` itself (one row, exactly ``len(ids)`` positions) as the KV of ``ids``; the
+        entry, or None when it does not fit beside the entries in use."""
+        key = (media, tuple(ids))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        nbytes = cache.nbytes
+        if not self._make_room(nbytes):
+            return None
+        entry = self._entries[key] = PrefixEntry(key[1], cache, nbytes)
         self._bytes += nbytes
+        return entry
+
+    def trim(self, keep: int) -> None:
+        """Evict least recently used entries no running row attends until at most ``keep`` remain."""
+        for key in list(self._entries):
+            if len(self._entries) <= keep:
+                break
+            if not self._entries[key].users:
+                self._bytes -= self._entries.pop(key).nbytes
+                self.stats.evictions += 1
+
+    def _make_room(self, nbytes: int) -> bool:
+        """Evict least recently used entries no running row attends until ``nbytes`` more fit."""
+        if nbytes > self.budget_bytes:
+            return False
+        for key in list(self._entries):
+            if self._bytes + nbytes <= self.budget_bytes:
+                break
+            if self._entries[key].users:
+                continue
+            self._bytes -= self._entries.pop(key).nbytes
+            self.stats.evictions += 1
+        return self._bytes + nbytes <= self.budget_bytes

@@ -8,10 +8,10 @@ simply run again. Resume reads every shard; ``merge_shards`` makes one JSONL of 
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
-import os
 from pathlib import Path
 from typing import Any
 

@@ -8,8 +8,9 @@ does not publish every hyperparameter: learning rates, batch sizes and mixture w
 our defaults for a 7B model on 8+ GPUs, to be tuned. Data paths are relative to the working
 directory and name the layout the README documents; replace them with ``--set`` or a YAML copy.
 
-The ``shapes-demo`` recipe (two small stages on generated clips) lives in
-:mod:`tarsier.shapes.demo_model`, since it also generates its data and evaluates the result.
+The ``shapes-demo`` and ``tarsier2-shapes-demo`` recipes (two small stages on generated clips, for a
+tiny Tarsier or Tarsier2) live in :mod:`tarsier.shapes.demo_model`, since they also generate their
+data and evaluate the result.
 """
 
 from __future__ import annotations

@@ -180,7 +180,8 @@ def test_chat_with_its_cache_equals_an_uncached_run_of_the_whole_conversation(lo
     monkeypatch.setattr(model, "get_image_features", lambda *args: vision_calls.append(1) or encode_media(*args))
     session = ChatSession(model, processor, frames, settings)
     "".join(session.ask("What happens?"))
-    cached = session._cache.length
+    (kept,) = session._conversation._entries.values()  # turn 1's conversation, but the reply's last token
+    cached = len(kept.ids)
     positions = []  # turn 2's, prefill then each step
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda **kwargs: positions.append(kwargs["position_ids"]) or forward(**kwargs))
