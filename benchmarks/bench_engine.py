@@ -14,7 +14,8 @@
    the second request's time to first token against the first's.
 4. No regression (``throughput``): 8 different videos at batch 8, 32 and 512 new tokens (EOS
    ignored), through the Describer, this checkout against ``--baseline-src``, alternating, each run in
-   a process of its own: videos/s, tokens/s and peak memory.
+   a process of its own: videos/s, tokens/s and peak memory; and, in one process, the continuous
+   batch against the static-batch loop on the same prompts (128 tokens, interleaved).
 
     git worktree add ../tarsier-before 51a79b4                # the code before engine v2
     python benchmarks/bench_engine.py --baseline-src ../tarsier-before/src
@@ -256,7 +257,7 @@ def follow_up(folder: Path, media: Path, videos: list[Path], scratch: Path, base
 
 # -- 4. no regression -------------------------------------------------------------------------------
 THROUGHPUT_RUN = r"""
-import json, resource, sys, time
+import json, sys, time
 from tarsier.engine.describer import Describer, DescribeRequest
 from tarsier.engine.generation import GenerationSettings
 from tarsier.engine.loading import load_pretrained
@@ -270,12 +271,48 @@ describer = Describer(model, processor, GenerationSettings(max_new_tokens=int(to
 started = time.perf_counter()
 texts = [r.text for r in describer.run(requests)]
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "texts": texts,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux keeps a parent's ru_maxrss across fork and exec, so a child of a large
+# benchmark process would report the parent's peak.
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "texts": texts, "peak_mib": peak_kib / 1024}))
 """
 
 
+def loop_against_static(folder: Path, videos: list[Path], tokens: int, rounds: int) -> None:
+    """In one process, interleaved: the continuous batch against this checkout's static-batch loop
+    (what ran a batch before engine v2), on the same 8 prompts (no prefix to reuse), so the step
+    loop's own cost is seen apart from process-to-process noise."""
+    from tarsier.engine.continuous_batch import ContinuousBatch, Job
+    from tarsier.engine.generation import generate_ids
+
+    model, processor = load_pretrained(folder, device="cpu", progress=False)
+    items = [processor.encode_item("<video>\nDescribe the video.", processor.load_media(str(v))) for v in videos]
+    settings = GenerationSettings(max_new_tokens=tokens, ignore_eos=True)
+    times: dict[str, list[float]] = {"continuous batch": [], "static loop": []}
+    for _ in range(rounds):
+        batch = ContinuousBatch(model, processor, max_batch_size=len(items), prefills_per_step=len(items))
+        replies: list[list[int]] = [[] for _ in items]
+        for (ids, media), reply in zip(items, replies):
+            batch.add(Job(list(ids), media, settings, reply.append, lambda error: None, keep_prefix=False))
+        started = time.perf_counter()
+        while batch.busy():
+            batch.step()
+        times["continuous batch"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        static = generate_ids(model, processor, processor.collate(items), settings).tolist()
+        times["static loop"].append(time.perf_counter() - started)
+        if static != replies:
+            fail("loop: the continuous batch's ids differ from the static loop's")
+    medians = {label: statistics.median(values) for label, values in times.items()}
+    report(f"The step loop alone: 8 different videos, batch 8, {tokens} tokens, one process, interleaved ({rounds} rounds)", [
+        ("", "seconds (median)", "all rounds"),
+        *((label, f"{medians[label]:.1f}", " ".join(f"{t:.1f}" for t in values)) for label, values in times.items()),
+        ("static / continuous", f"{medians['static loop'] / medians['continuous batch']:.2f}x", ""),
+    ])
+
+
 def throughput(folder: Path, videos: list[Path], baseline_src: str | None, tokens_list: list[int], rounds: int) -> None:
+    loop_against_static(folder, videos, 128 if tokens_list[-1] > 8 else 8, max(rounds, 3))
     if baseline_src is None:
         print("\n(no --baseline-src: the no-regression comparison needs the code before engine v2)")
         return
