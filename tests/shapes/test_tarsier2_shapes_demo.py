@@ -183,3 +183,9 @@ def test_a_missing_bundled_model_is_named_as_such(monkeypatch, tmp_path):
     monkeypatch.setitem(checkpoints.BUNDLED_MODELS, "tarsier2-shapes-demo", tmp_path / "absent")
     with pytest.raises(CheckpointError, match="tarsier2-shapes-demo: the bundled model is missing from this install"):
         auto.read_checkpoint("tarsier2-shapes-demo")
+
+
+def test_export_of_a_folder_that_is_no_finished_run_is_one_clear_error(tmp_path, capsys):
+    assert demo_model.main(["export", str(tmp_path / "nothing"), str(tmp_path / "assets")]) == 2
+    assert "nothing: not a finished shapes demo run" in capsys.readouterr().err
+    assert not (tmp_path / "assets").exists()

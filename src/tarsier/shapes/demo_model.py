@@ -584,6 +584,9 @@ def export(run: str | Path, assets: str | Path, samples: int = 3, new_samples: b
     report. Returns sample name -> (truth, model).
     """
     run, assets = Path(run), Path(assets)
+    if not (run / "report.json").is_file() or not (run / "stage2").is_dir():
+        raise TarsierError(f"{run}: not a finished shapes demo run (no report.json and stage2/ from "
+                           "tarsier train --recipe shapes-demo or tarsier2-shapes-demo --output RUN)")
     report = json.loads((run / "report.json").read_text())
     recipe = RECIPES[report.get("recipe", SHAPES_DEMO.name)]
     model = assets / recipe.name
@@ -847,7 +850,12 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("--new-samples", action="store_true",
                                help="pick new sample clips from RUN's held-out clips (and re-record the other bundled models)")
     args = parser.parse_args(argv)
-    for name, (truth, said) in export(args.run, args.assets, new_samples=args.new_samples).items():
+    try:
+        shipped = export(args.run, args.assets, new_samples=args.new_samples)
+    except TarsierError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, (truth, said) in shipped.items():
         print(f"{name}\n  truth: {truth}\n  model: {said}")
     return 0
 
