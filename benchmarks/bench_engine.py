@@ -21,6 +21,7 @@
     python benchmarks/bench_engine.py --baseline-src ../tarsier-before/src
     python benchmarks/bench_engine.py --quick                 # tiny model, fewer items: a smoke run
     python benchmarks/bench_engine.py --sections qa follow-up
+    python benchmarks/bench_engine.py --device cuda --rounds 2 --baseline-src ../tarsier-before/src   # on a GPU
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ QUESTIONS = [
     "Summarise the video in one sentence.",
 ]
 FAILURES: list[str] = []
+DEVICE = "cpu"  # --device
 
 
 def fail(message: str) -> None:
@@ -82,7 +84,7 @@ def make_videos(folder: Path, count: int, side: int, frames: int = 8) -> list[Pa
 def qa_workload(folder: Path, videos: list[Path], questions: int, rounds: int) -> None:
     """Cache on (prefixes shared by the rows that continue them), cache on with each row holding a
     copy of its prefix (what runs where the shared-prefix attention cannot), and cache off."""
-    model, processor = load_pretrained(folder, device="cpu", progress=False)
+    model, processor = load_pretrained(folder, device=DEVICE, progress=False)
     settings = GenerationSettings(max_new_tokens=16)
     requests = grouped_by_media([DescribeRequest(f"{v.stem}-{q}", str(v), prompt=f"<video>\n{QUESTIONS[q % len(QUESTIONS)]}")
                                  for q in range(questions) for v in videos])
@@ -161,7 +163,7 @@ def start_server(folder: Path, media: Path, scratch: Path, src: str | None, labe
         os.environ["PYTHONPATH"] = env_src
     try:
         server = Server(["--model", str(folder), "--media-root", str(media), "--served-model-name", "bench",
-                         "--device", "cpu", "--max-batch-size", "8"], scratch / f"server-{label}.log")
+                         "--device", DEVICE, "--max-batch-size", "8"], scratch / f"server-{label}.log")
     finally:
         if env_src is not None:
             if previous is None:
@@ -261,8 +263,8 @@ import json, sys, time
 from tarsier.engine.describer import Describer, DescribeRequest
 from tarsier.engine.generation import GenerationSettings
 from tarsier.engine.loading import load_pretrained
-folder, tokens, *videos = sys.argv[1:]
-model, processor = load_pretrained(folder, device="cpu", progress=False)
+device, folder, tokens, *videos = sys.argv[1:]
+model, processor = load_pretrained(folder, device=device, progress=False)
 requests = [DescribeRequest(str(i), v) for i, v in enumerate(videos)]
 warm = Describer(model, processor, GenerationSettings(max_new_tokens=2, ignore_eos=True), batch_size=8, num_workers=2)
 list(warm.run(requests))
@@ -285,7 +287,7 @@ def loop_against_static(folder: Path, videos: list[Path], tokens: int, rounds: i
     from tarsier.engine.continuous_batch import ContinuousBatch, Job
     from tarsier.engine.generation import generate_ids
 
-    model, processor = load_pretrained(folder, device="cpu", progress=False)
+    model, processor = load_pretrained(folder, device=DEVICE, progress=False)
     items = [processor.encode_item("<video>\nDescribe the video.", processor.load_media(str(v))) for v in videos]
     settings = GenerationSettings(max_new_tokens=tokens, ignore_eos=True)
     times: dict[str, list[float]] = {"continuous batch": [], "static loop": []}
@@ -321,7 +323,7 @@ def throughput(folder: Path, videos: list[Path], baseline_src: str | None, token
         runs: dict[str, list[dict]] = {label: [] for label in sources}
         for _ in range(rounds):
             for label, src in sources.items():
-                out = subprocess.run([sys.executable, "-c", THROUGHPUT_RUN, str(folder), str(tokens), *map(str, videos)],
+                out = subprocess.run([sys.executable, "-c", THROUGHPUT_RUN, DEVICE, str(folder), str(tokens), *map(str, videos)],
                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, check=True)
                 runs[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
         if runs["this checkout"][0]["texts"] != runs["baseline"][0]["texts"]:
@@ -343,11 +345,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, fewer questions and tokens")
     parser.add_argument("--baseline-src", default=None, help="src/ of a checkout before engine v2 (git worktree)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model's dtype follows the device: bf16 on a GPU)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     import torch
 
     preset = "tiny" if args.quick else "small"
-    print(f"preset={preset} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"preset={preset} device={DEVICE} torch={torch.__version__} threads={torch.get_num_threads()}")
     scratch = Path(tempfile.mkdtemp(prefix="tarsier-bench-engine-"))
     try:
         folder = build_random_checkpoint(scratch / "model", preset)

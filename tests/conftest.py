@@ -1,9 +1,17 @@
 """Shared fixtures: random checkpoints in the official layout (built once per test session)."""
 
+import signal
+
 import pytest
 import torch
 
 from tarsier.testing import build_random_checkpoint
+
+# A suite started in the background of a non-interactive shell (`nohup pytest &`) inherits SIGINT
+# ignored, and so would every command the tests start and then stop with Ctrl-C. Caught here, it is
+# back to its default in those commands (exec resets a caught signal, not an ignored one).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
