@@ -167,13 +167,19 @@ def test_the_cache_stays_within_its_budget_and_evicts_the_least_recently_used(lo
     assert len(cache) == 1 and cache.nbytes == one_entry <= cache.budget_bytes
 
 
-def test_rows_asking_about_one_video_hold_its_prefix_once(loaded, videos, recording):
+def test_rows_asking_about_one_video_hold_its_prefix_once(loaded, videos, recording, monkeypatch):
     """Three questions about one video in one batch: the prefix is prefilled once, held once (the
-    batch's cache holds only each row's own positions) and every step still equals a full forward."""
+    batch's cache holds only each row's own positions), the three questions (of different lengths)
+    are prefilled together in one forward, and every step still equals a full forward."""
     model, processor = loaded
     frames = processor.load_media(str(videos[0]))
     cache = PrefixCache(budget_bytes=1 << 30)
     engine = ContinuousBatch(model, processor, max_batch_size=4, prefix_cache=cache, prefills_per_step=3)
+    prefills = []
+    for name in ("_prefill", "_prefill_together"):
+        method = getattr(ContinuousBatch, name)
+        monkeypatch.setattr(ContinuousBatch, name, lambda self, *args, method=method, name=name: prefills.append(name)
+                            or method(self, *args))
     records = [Recorded(processor, question, frames, 6) for question in ("Describe the video.", "What moves?", "Colours?")]
     for record in records:
         recording[id(record.job)] = record
@@ -185,6 +191,7 @@ def test_rows_asking_about_one_video_hold_its_prefix_once(loaded, videos, record
     assert engine._cache.capacity < prefix  # no row holds a copy of the video's positions
     assert engine._shared.plain == 0 and engine._shared.groups == [(0, 3, entry.cache)]
     assert (cache.stats.hits, cache.stats.misses) == (2, 1)
+    assert prefills == ["_prefill_together"]
     run(engine, {})
     assert entry.users == 0
     for record in records:

@@ -12,7 +12,8 @@ A prompt's prefix up to its last media token is looked up in the prefix cache
 (:mod:`tarsier.engine.prefix_cache`); on a miss it is prefilled first and kept there when later
 prompts may ask about the same media. Rows continuing one prefix attend it where it is held, once
 for all of them (:mod:`tarsier.engine.shared_prefix`): the batch's cache holds only each row's own
-positions, and rows are laid out without a prefix first, then by prefix, so each group is a slice.
+positions, and rows are laid out without a prefix first, then by prefix, so each group is a slice;
+rows admitted together after one prefix are prefilled together, in one forward.
 Where that attention cannot run (another attention kernel, a compiled step) the prefix is copied
 into each row instead.
 
@@ -318,17 +319,10 @@ class ContinuousBatch:
             mask[slot[index], shift : shift + kept] = self._mask[index, lead : self._column]
         self._cache = None  # the old layout's memory goes back before the prefills
         placed: dict[int, _Prefilled] = {}
-        for index, row in enumerate(admitted, start=old):
-            length = self._own_length(row)
-            try:
-                placed[index] = self._prefill(row, cache.positions_view(model, slot[index], column - length, length))
-            except Exception as exc:  # this request alone fails: bad media, too long, ...
-                self._release([row])
-                row.job.on_end(one_line(exc))
-                continue
-            finally:
-                row.inputs = None
-            mask[slot[index], column - length : column] = 1
+        for members in self._prefill_groups(admitted, old, slot):
+            placed.update(self._prefill_rows(members, cache, column, slot))
+        for index in placed:
+            mask[slot[index], column - self._own_length(rows[index]) : column] = 1
         kept_rows = [index for index in order if index < old or index in placed]  # in the new layout's order
         if not kept_rows:
             self._keep([])
@@ -358,6 +352,72 @@ class ContinuousBatch:
         self._banned = banned_logits([row.settings for row in rows], self._logits.shape[-1], device)
         self._shared = self._shared_prefixes()
         return len(placed)
+
+    def _prefill_groups(self, admitted: list[_Row], old: int, slot: dict[int, int]) -> list[list[tuple[int, _Row]]]:
+        """The new rows in prefills: rows continuing one shared prefix together (their slots are
+        consecutive, as the layout puts them), every other row alone."""
+        groups: dict[object, list[tuple[int, _Row]]] = {}
+        for index, row in enumerate(admitted, start=old):
+            key = id(row.prefix) if self.shares_prefixes and row.start else ("alone", index)
+            groups.setdefault(key, []).append((index, row))
+        return [sorted(members, key=lambda member: slot[member[0]]) for members in groups.values()]
+
+    def _prefill_rows(self, members: list[tuple[int, _Row]], cache: KVCache, column: int, slot: dict[int, int]
+                      ) -> dict[int, _Prefilled]:
+        """Prefill ``members`` into their places; a row that fails ends with its error (rows that
+        failed together are tried again one by one, so only the one at fault ends)."""
+        model = self.model
+        first = slot[members[0][0]]
+        if len(members) > 1 and [slot[index] for index, _ in members] == list(range(first, first + len(members))):
+            longest = max(self._own_length(row) for _, row in members)
+            try:
+                prefilled = self._prefill_together([row for _, row in members],
+                                                   cache.positions_view(model, first, column - longest, longest, len(members)))
+            except Exception:
+                pass
+            else:
+                for _, row in members:
+                    row.inputs = None
+                return {index: value for (index, _), value in zip(members, prefilled)}
+        placed = {}
+        for index, row in members:
+            length = self._own_length(row)
+            try:
+                placed[index] = self._prefill(row, cache.positions_view(model, slot[index], column - length, length))
+            except Exception as exc:  # this request alone fails: bad media, too long, ...
+                self._release([row])
+                row.job.on_end(one_line(exc))
+            finally:
+                row.inputs = None
+        return placed
+
+    def _prefill_together(self, rows: list[_Row], cache: KVCache) -> list[_Prefilled]:
+        """Prefill what follows one shared prefix for several rows in one forward: their own tokens
+        left-padded to the longest (padding masked), each row's positions continuing the prefix. The
+        questions after a video's first cost one pass over the weights together, not one each."""
+        started = time.perf_counter()
+        model, device = self.model, self.model.device
+        longest = cache.capacity
+        ids = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+        mask = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+        first = rows[0].inputs.positions
+        positions = torch.zeros(*first.shape[:-2], len(rows), longest, dtype=first.dtype, device=device)
+        for number, row in enumerate(rows):
+            own = row.inputs.ids[0, row.start :]
+            ids[number, longest - own.shape[0] :] = own
+            mask[number, longest - own.shape[0] :] = 1
+            positions[..., number, longest - own.shape[0] :] = row.inputs.positions[..., 0, row.start :]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache.cache, use_cache=True,
+                    logits_to_keep=1, shared_prefix=SharedPrefixes(0, [(0, len(rows), rows[0].prefix)]))
+        prefilled = []
+        for number, row in enumerate(rows):
+            seen = None
+            if row.settings.repetition_penalty != 1:
+                seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=device)
+                seen[row.inputs.ids[0]] = True
+            prefilled.append(_Prefilled(out.logits[number, -1], row.inputs.rope_delta, seen))
+        self.stats.prefill_seconds += time.perf_counter() - started
+        return prefilled
 
     def _shared_prefixes(self) -> SharedPrefixes | None:
         if not self.shares_prefixes:

@@ -39,15 +39,15 @@ class KVCache:
             target.keys[row, :, offset : offset + length].copy_(layer.keys[source_row, :, source_offset : source_offset + length])
             target.values[row, :, offset : offset + length].copy_(layer.values[source_row, :, source_offset : source_offset + length])
 
-    def positions_view(self, model: FamilyModel, row: int, start: int, length: int) -> KVCache:
-        """A one-row cache over positions ``start .. start+length`` of row ``row``, sharing its memory:
-        a forward into the view writes the batch cache in place (a prompt prefilled where it belongs)."""
-        view = KVCache(model, 1, length)
+    def positions_view(self, model: FamilyModel, row: int, start: int, length: int, rows: int = 1) -> KVCache:
+        """A cache of ``rows`` rows from ``row`` over positions ``start .. start+length``, sharing its
+        memory: a forward into the view writes the batch cache in place (prompts prefilled where they belong)."""
+        view = KVCache(model, rows, length)
         for target, layer in zip(view.cache.layers, self.cache.layers):
-            target.keys = layer.keys[row : row + 1, :, start : start + length]
-            target.values = layer.values[row : row + 1, :, start : start + length]
+            target.keys = layer.keys[row : row + rows, :, start : start + length]
+            target.values = layer.values[row : row + rows, :, start : start + length]
             target.device = layer.keys.device
-            target.batch_size, target.num_heads = 1, layer.keys.shape[1]
+            target.batch_size, target.num_heads = rows, layer.keys.shape[1]
             target.k_head_dim, target.v_head_dim = layer.keys.shape[-1], layer.values.shape[-1]
             target.cumulative_length = torch.zeros((), dtype=torch.long, device=layer.keys.device)
             target.is_initialized = True

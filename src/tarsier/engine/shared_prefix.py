@@ -121,8 +121,8 @@ def _prefix_and_own(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     q = query.reshape(n, kv_heads, per_kv, dim)
     mask = allowed.expand(n, 1, queries, own).repeat(1, 1, heads // kv_heads, 1)  # ordered as q's rows
     own_scores = (torch.matmul(q, key.transpose(-1, -2)).to(exact) * scale).masked_fill(~mask, float("-inf"))
-    own_total = own_scores.logsumexp(-1, keepdim=True)  # [n, kv_heads, per_kv, 1]
-    own_out = torch.matmul((own_scores - own_total).exp().to(value.dtype), value).to(exact)
+    own_total = own_scores.logsumexp(-1, keepdim=True)  # [n, kv_heads, per_kv, 1]; -inf for a padding query
+    own_out = torch.matmul((own_scores - own_total.clamp(min=torch.finfo(exact).min)).exp().to(value.dtype), value).to(exact)
     grouped = q.transpose(0, 1).reshape(kv_heads, n * per_kv, dim)  # all the rows' queries, per kv head
     prefix_scores = torch.bmm(grouped, prefix_keys.transpose(1, 2)).to(exact) * scale  # [kv_heads, n*per_kv, P]
     prefix_total = prefix_scores.logsumexp(-1, keepdim=True)
