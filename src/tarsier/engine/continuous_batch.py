@@ -255,27 +255,30 @@ class ContinuousBatch:
 
     def _prefill(self, row: _Row, cache: KVCache) -> _Prefilled:
         """Prefill the rest of one request's prompt, alone, into ``cache`` (a view of its place in the
-        batch, exactly :meth:`_own_length` long), after the prefix :meth:`_find_prefix` found."""
+        batch, exactly :meth:`_own_length` long), after the prefix :meth:`_find_prefix` found: attended
+        where it is held (:meth:`_prefill_together`), or copied into the row first."""
+        if self.shares_prefixes and row.start:
+            return self._prefill_together([row], cache)[0]
         started = time.perf_counter()
         model, inputs, start = self.model, row.inputs, row.start
-        media, extra = inputs.media, {}
+        media = inputs.media
         if start:
             media = {}  # every media position is in the prefix
-            if self.shares_prefixes:
-                extra["shared_prefix"] = SharedPrefixes(0, [(0, 1, row.prefix)])
-            else:
-                cache.copy_row(0, row.prefix, start)
-                cache.set_length(start)
-        length = inputs.ids.shape[1]
-        mask = torch.ones(1, self._own_length(row) if self.shares_prefixes else length, dtype=torch.long, device=model.device)
+            cache.copy_row(0, row.prefix, start)
+            cache.set_length(start)
+        mask = torch.ones_like(inputs.ids)
         out = model(input_ids=inputs.ids[:, start:], attention_mask=mask, position_ids=inputs.positions[..., start:],
-                    cache=cache.cache, use_cache=True, logits_to_keep=1, **media, **extra)
-        seen = None
-        if row.settings.repetition_penalty != 1:
-            seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=model.device)
-            seen[inputs.ids[0]] = True
+                    cache=cache.cache, use_cache=True, logits_to_keep=1, **media)
         self.stats.prefill_seconds += time.perf_counter() - started
-        return _Prefilled(out.logits[0, -1], inputs.rope_delta, seen)
+        return _Prefilled(out.logits[0, -1], inputs.rope_delta, self._seen_ids(row, out.logits.shape[-1]))
+
+    def _seen_ids(self, row: _Row, vocab: int) -> torch.Tensor | None:
+        """``[V]`` booleans marking the prompt's ids, under a repetition penalty (else None)."""
+        if row.settings.repetition_penalty == 1:
+            return None
+        seen = torch.zeros(vocab, dtype=torch.bool, device=self.model.device)
+        seen[row.inputs.ids[0]] = True
+        return seen
 
     def _place(self, admitted: list[_Row]) -> int:
         """Prefill the new rows and put them with the running ones into one cache, right-aligned at
@@ -392,7 +395,7 @@ class ContinuousBatch:
         return placed
 
     def _prefill_together(self, rows: list[_Row], cache: KVCache) -> list[_Prefilled]:
-        """Prefill what follows one shared prefix for several rows in one forward: their own tokens
+        """Prefill what follows one shared prefix for one or more rows in one forward: their own tokens
         left-padded to the longest (padding masked), each row's positions continuing the prefix. The
         questions after a video's first cost one pass over the weights together, not one each."""
         started = time.perf_counter()
@@ -409,15 +412,9 @@ class ContinuousBatch:
             positions[..., number, longest - own.shape[0] :] = row.inputs.positions[..., 0, row.start :]
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache.cache, use_cache=True,
                     logits_to_keep=1, shared_prefix=SharedPrefixes(0, [(0, len(rows), rows[0].prefix)]))
-        prefilled = []
-        for number, row in enumerate(rows):
-            seen = None
-            if row.settings.repetition_penalty != 1:
-                seen = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=device)
-                seen[row.inputs.ids[0]] = True
-            prefilled.append(_Prefilled(out.logits[number, -1], row.inputs.rope_delta, seen))
         self.stats.prefill_seconds += time.perf_counter() - started
-        return prefilled
+        return [_Prefilled(out.logits[number, -1], row.inputs.rope_delta, self._seen_ids(row, out.logits.shape[-1]))
+                for number, row in enumerate(rows)]
 
     def _shared_prefixes(self) -> SharedPrefixes | None:
         if not self.shares_prefixes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -135,22 +135,20 @@ class PrefixCache:
 
     def trim(self, keep: int) -> None:
         """Evict least recently used entries no running row attends until at most ``keep`` remain."""
-        for key in list(self._entries):
-            if len(self._entries) <= keep:
-                break
-            if not self._entries[key].users:
-                self._bytes -= self._entries.pop(key).nbytes
-                self.stats.evictions += 1
+        self._evict_until(lambda: len(self._entries) <= keep)
 
     def _make_room(self, nbytes: int) -> bool:
         """Evict least recently used entries no running row attends until ``nbytes`` more fit."""
         if nbytes > self.budget_bytes:
             return False
-        for key in list(self._entries):
-            if self._bytes + nbytes <= self.budget_bytes:
-                break
-            if self._entries[key].users:
-                continue
-            self._bytes -= self._entries.pop(key).nbytes
-            self.stats.evictions += 1
+        self._evict_until(lambda: self._bytes + nbytes <= self.budget_bytes)
         return self._bytes + nbytes <= self.budget_bytes
+
+    def _evict_until(self, enough: Callable[[], bool]) -> None:
+        """Evict entries, least recently used first and none a running row attends, until ``enough()``."""
+        for key in list(self._entries):
+            if enough():
+                return
+            if not self._entries[key].users:
+                self._bytes -= self._entries.pop(key).nbytes
+                self.stats.evictions += 1
