@@ -42,8 +42,9 @@ import torch
 from transformers import CLIPVisionModel
 
 from tarsier.engine.device import resolve_device, resolve_dtype
-from tarsier.engine.generation import GenerationSettings, iter_tokens
+from tarsier.engine.generation import iter_tokens
 from tarsier.engine.loading import load_model
+from tarsier.engine.settings import GenerationSettings
 from tarsier.media import load_frames, write_video
 from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.testing import build_random_checkpoint

@@ -6,21 +6,29 @@
    each row holding a copy of it, and off, alternating; the batch's own KV cache at its largest.
    Predictions must be identical (else FAIL).
 2. Staggered serving (``serving``): ``tarsier serve`` on the same model, 8 clients arriving 1 s apart,
-   each asking about its own video for 64 tokens, streamed. Time to first token (p50 / p95) and
-   how many requests got their first token while an earlier request was still decoding. Run for
-   this checkout and, with ``--baseline-src``, for another checkout's code (before engine v2: a
-   batch ran to its end while later requests waited).
+   each asking about its own video for 64 tokens, streamed. Time to first token (p50 / p95), how
+   many requests got their first token while an earlier request was still decoding, and the
+   longest pause in a stream (what streaming rows pay for the prefills run between their steps).
+   Run for this checkout, once per ``--prefill-chunks`` value (the server's ``--prefill-chunk``:
+   2048 and 0, whole prompts, by default), and, with ``--baseline-src``, for another checkout's
+   code (before engine v2: a batch ran to its end while later requests waited). The p50 is printed next to the bound
+   of any first-come order: one request's prefill alone is P, so with P > gap, request i (0-based)
+   cannot have its first token before P + i (P - gap).
 3. Follow-up (``follow-up``): the same video asked twice through the API, one after the other;
    the second request's time to first token against the first's.
 4. No regression (``throughput``): 8 different videos at batch 8, 32 and 512 new tokens (EOS
-   ignored), through the Describer, this checkout against ``--baseline-src``, alternating, each run in
-   a process of its own: videos/s, tokens/s and peak memory; and, in one process, the continuous
-   batch against the static-batch loop on the same prompts (128 tokens, interleaved).
+   ignored), this checkout against ``--baseline-src``, alternating, each run in a process of its
+   own: through the Describer (``caption``, ``bench run``) and through the Python API's
+   ``generate_ids`` (the baseline's static loop): videos/s, tokens/s and peak memory.
+
+``--dtype`` applies to both sides everywhere (default: the device's, fp32 on CPU). CPUs with AMX
+(``grep amx /proc/cpuinfo``) run bf16 prefills about 3x faster than fp32.
 
     git worktree add ../tarsier-before 51a79b4                # the code before engine v2
     python benchmarks/bench_engine.py --baseline-src ../tarsier-before/src
     python benchmarks/bench_engine.py --quick                 # tiny model, fewer items: a smoke run
     python benchmarks/bench_engine.py --sections qa follow-up
+    python benchmarks/bench_engine.py --dtype bf16 --sections serving --baseline-src ../tarsier-before/src
     python benchmarks/bench_engine.py --device cuda --rounds 2 --baseline-src ../tarsier-before/src   # on a GPU
 """
 
@@ -40,11 +48,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
 from bench_serve import Server, sse_events
+
 from tarsier.engine.describer import Describer, DescribeRequest, grouped_by_media
-from tarsier.engine.generation import GenerationSettings
 from tarsier.engine.loading import load_pretrained
+from tarsier.engine.settings import GenerationSettings
 from tarsier.media import write_video
 from tarsier.testing import build_random_checkpoint
 
@@ -55,6 +63,8 @@ QUESTIONS = [
 ]
 FAILURES: list[str] = []
 DEVICE = "cpu"  # --device
+DTYPE: str | None = None  # --dtype (None: the device's default)
+PREFILL_CHUNKS: list[int] = []  # --prefill-chunks: the server's --prefill-chunk values measured
 
 
 def fail(message: str) -> None:
@@ -84,7 +94,7 @@ def make_videos(folder: Path, count: int, side: int, frames: int = 8) -> list[Pa
 def qa_workload(folder: Path, videos: list[Path], questions: int, rounds: int) -> None:
     """Cache on (prefixes shared by the rows that continue them), cache on with each row holding a
     copy of its prefix (what runs where the shared-prefix attention cannot), and cache off."""
-    model, processor = load_pretrained(folder, device=DEVICE, progress=False)
+    model, processor = load_pretrained(folder, device=DEVICE, dtype=DTYPE, progress=False)
     settings = GenerationSettings(max_new_tokens=16)
     requests = grouped_by_media([DescribeRequest(f"{v.stem}-{q}", str(v), prompt=f"<video>\n{QUESTIONS[q % len(QUESTIONS)]}")
                                  for q in range(questions) for v in videos])
@@ -145,25 +155,31 @@ def stream_request(url: str, video: str, question: str, max_tokens: int, arrived
     body = {"model": "bench", "stream": True, "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video}},
                                                       {"type": "text", "text": question}]}]}
-    first = None
+    first = last = None
+    pause = 0.0  # the longest wait between two pieces of the reply
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=900) as response:
         if response.status_code != 200:
             response.read()
             raise RuntimeError(f"{response.status_code}: {response.text}")
         for event in sse_events(response):
-            if first is None and event.get("choices") and (event["choices"][0].get("delta") or {}).get("content"):
-                first = time.perf_counter()
-    return {"arrived": arrived, "first": first if first is not None else float("nan"), "ended": time.perf_counter()}
+            if event.get("choices") and (event["choices"][0].get("delta") or {}).get("content"):
+                now = time.perf_counter()
+                first = now if first is None else first
+                pause = 0.0 if last is None else max(pause, now - last)
+                last = now
+    return {"arrived": arrived, "first": first if first is not None else float("nan"), "ended": time.perf_counter(),
+            "pause": pause}
 
 
-def start_server(folder: Path, media: Path, scratch: Path, src: str | None, label: str) -> Server:
+def start_server(folder: Path, media: Path, scratch: Path, src: str | None, label: str, extra: tuple[str, ...] = ()) -> Server:
     env_src = None if src is None else str(Path(src).resolve())
     previous = os.environ.get("PYTHONPATH")
     if env_src is not None:
         os.environ["PYTHONPATH"] = env_src
     try:
         server = Server(["--model", str(folder), "--media-root", str(media), "--served-model-name", "bench",
-                         "--device", DEVICE, "--max-batch-size", "8"], scratch / f"server-{label}.log")
+                         "--device", DEVICE, "--max-batch-size", "8", *(["--dtype", DTYPE] if DTYPE else []), *extra],
+                        scratch / f"server-{label}.log")
     finally:
         if env_src is not None:
             if previous is None:
@@ -174,8 +190,12 @@ def start_server(folder: Path, media: Path, scratch: Path, src: str | None, labe
     return server
 
 
-def staggered(server: Server, videos: list[Path], gap: float, max_tokens: int) -> list[dict[str, float]]:
-    stream_request(server.url, videos[0].name, "Warm up.", 2, time.perf_counter())
+def staggered(server: Server, videos: list[Path], warm: list[Path], gap: float, max_tokens: int
+              ) -> tuple[list[dict[str, float]], float]:
+    """The requests' timings, and one request's time to first token on the idle server (its prefill
+    alone). Warm-up requests use videos of their own: no request finds its video's prefix cached."""
+    stream_request(server.url, warm[0].name, "Warm up.", 2, time.perf_counter())
+    alone = stream_request(server.url, warm[1].name, "Warm up again.", 2, time.perf_counter())
     results: list[dict[str, float] | None] = [None] * len(videos)
     start = time.perf_counter()
 
@@ -189,13 +209,18 @@ def staggered(server: Server, videos: list[Path], gap: float, max_tokens: int) -
         thread.start()
     for thread in threads:
         thread.join()
-    return results
+    return results, alone["first"] - alone["arrived"]
+
+
+def queue_bound(alone: float, gap: float, count: int) -> float:
+    """The p50 time to first token no first-come order can beat when each prefill takes ``alone``
+    seconds and runs one at a time: request i waits for the i prefills before its own."""
+    return statistics.median(alone + index * max(0.0, alone - gap) for index in range(count))
 
 
 def late_request(server: Server, videos: list[Path], running: int, max_tokens: int, delay: float) -> tuple[float, float]:
-    """``running`` long requests start together; one more arrives ``delay`` s later. Returns its time
-    to first token and how long the long requests took."""
-    stream_request(server.url, videos[0].name, "Warm up.", 2, time.perf_counter())
+    """``running`` long requests start together; one more arrives ``delay`` s later (videos no earlier
+    request asked about). Returns its time to first token and how long the long requests took."""
     results: list[dict[str, float] | None] = [None] * (running + 1)
     start = time.perf_counter()
 
@@ -216,16 +241,19 @@ def late_request(server: Server, videos: list[Path], running: int, max_tokens: i
 
 def serving(folder: Path, media: Path, videos: list[Path], scratch: Path, baseline_src: str | None, max_tokens: int,
             late_tokens: int) -> None:
-    rows = [("", "TTFT p50 s", "TTFT p95 s", "first token while an earlier request decoded", "wall s")]
+    """``videos``: 8 for the staggered clients, 5 for the late request, 2 to warm up with."""
+    rows = [("", "TTFT p50 s", "TTFT p95 s", "first token while an earlier request decoded", "longest pause in a stream s",
+             "TTFT alone s", "p50 bound of the queue s", "wall s")]
     late_rows = [("", "late request's TTFT s", "the 4 long requests took s")]
     p50 = {}
-    for label, src in (("this checkout", None), ("baseline", baseline_src)):
-        if label == "baseline" and src is None:
-            continue
-        server = start_server(folder, media, scratch, src, label.replace(" ", "-"))
+    variants = [(f"this checkout, chunk {chunk}", None, ("--prefill-chunk", str(chunk))) for chunk in PREFILL_CHUNKS]
+    if baseline_src is not None:
+        variants.append(("baseline", baseline_src, ()))
+    for label, src, extra in variants:
+        server = start_server(folder, media, scratch, src, label.replace(" ", "-").replace(",", ""), extra)
         try:
-            results = staggered(server, videos, 1.0, max_tokens)
-            ttft_late, long_took = late_request(server, videos, 4, late_tokens, 1.1)
+            results, alone = staggered(server, videos[:8], videos[13:15], 1.0, max_tokens)
+            ttft_late, long_took = late_request(server, videos[8:13], 4, late_tokens, 1.1)
         finally:
             server.stop()
         late_rows.append((label, f"{ttft_late:.2f}", f"{long_took:.1f}"))
@@ -233,10 +261,14 @@ def serving(folder: Path, media: Path, videos: list[Path], scratch: Path, baseli
         joined = sum(any(e["arrived"] < r["arrived"] and r["first"] < e["ended"] for e in results) for r in results)
         p50[label] = statistics.median(ttft)
         rows.append((label, f"{p50[label]:.2f}", f"{sorted(ttft)[int(0.95 * (len(ttft) - 1))]:.2f}",
-                     f"{joined} of {len(results) - 1}", f"{max(r['ended'] for r in results) - results[0]['arrived']:.1f}"))
+                     f"{joined} of {len(results) - 1}", f"{max(r['pause'] for r in results):.2f}", f"{alone:.2f}",
+                     f"{queue_bound(alone, 1.0, len(results)):.2f}",
+                     f"{max(r['ended'] for r in results) - results[0]['arrived']:.1f}"))
     if "baseline" in p50:
-        rows.append(("this / baseline", f"{p50['this checkout'] / p50['baseline']:.2f}x", "", "", ""))
-    report(f"Staggered serving: {len(videos)} clients 1 s apart, {max_tokens} tokens each, own video each", rows)
+        for label in p50:
+            if label != "baseline":
+                rows.append((f"{label} / baseline", f"{p50[label] / p50['baseline']:.2f}x", "", "", "", "", "", ""))
+    report(f"Staggered serving: {len(results)} clients 1 s apart, {max_tokens} tokens each, own video each", rows)
     report(f"A request arriving 1.1 s after 4 others ({late_tokens} tokens each) started together", late_rows)
 
 
@@ -261,18 +293,25 @@ def follow_up(folder: Path, media: Path, videos: list[Path], scratch: Path, base
 THROUGHPUT_RUN = r"""
 import json, sys, time
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.generation import GenerationSettings, generate_text  # both checkouts have these there
 from tarsier.engine.loading import load_pretrained
-device, folder, tokens, *videos = sys.argv[1:]
-model, processor = load_pretrained(folder, device=device, progress=False)
-requests = [DescribeRequest(str(i), v) for i, v in enumerate(videos)]
-warm = Describer(model, processor, GenerationSettings(max_new_tokens=2, ignore_eos=True), batch_size=8, num_workers=2)
-list(warm.run(requests))
-describer = Describer(model, processor, GenerationSettings(max_new_tokens=int(tokens), ignore_eos=True), batch_size=8,
-                      num_workers=2)
-started = time.perf_counter()
-texts = [r.text for r in describer.run(requests)]
-seconds = time.perf_counter() - started
+path, device, dtype, folder, tokens, *videos = sys.argv[1:]
+model, processor = load_pretrained(folder, device=device, dtype=dtype or None, progress=False)
+settings = GenerationSettings(max_new_tokens=int(tokens), ignore_eos=True)
+if path == "describer":  # caption / bench run: media decoded in worker threads, results in order
+    requests = [DescribeRequest(str(i), v) for i, v in enumerate(videos)]
+    warm = Describer(model, processor, GenerationSettings(max_new_tokens=2, ignore_eos=True), batch_size=8, num_workers=2)
+    list(warm.run(requests))
+    describer = Describer(model, processor, settings, batch_size=8, num_workers=2)
+    started = time.perf_counter()
+    texts = [r.text for r in describer.run(requests)]
+    seconds = time.perf_counter() - started
+else:  # the Python API: one collated batch (media prepared before the clock starts)
+    inputs = processor.collate([processor.encode_item("<video>\nDescribe the video.", processor.load_media(v)) for v in videos])
+    generate_text(model, processor, inputs, GenerationSettings(max_new_tokens=2, ignore_eos=True))
+    started = time.perf_counter()
+    texts = generate_text(model, processor, inputs, settings)
+    seconds = time.perf_counter() - started
 # VmHWM, not ru_maxrss: Linux keeps a parent's ru_maxrss across fork and exec, so a child of a large
 # benchmark process would report the parent's peak.
 peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -280,62 +319,32 @@ print(json.dumps({"seconds": seconds, "texts": texts, "peak_mib": peak_kib / 102
 """
 
 
-def loop_against_static(folder: Path, videos: list[Path], tokens: int, rounds: int) -> None:
-    """In one process, interleaved: the continuous batch against this checkout's static-batch loop
-    (what ran a batch before engine v2), on the same 8 prompts (no prefix to reuse), so the step
-    loop's own cost is seen apart from process-to-process noise."""
-    from tarsier.engine.continuous_batch import ContinuousBatch, Job
-    from tarsier.engine.generation import generate_ids
-
-    model, processor = load_pretrained(folder, device=DEVICE, progress=False)
-    items = [processor.encode_item("<video>\nDescribe the video.", processor.load_media(str(v))) for v in videos]
-    settings = GenerationSettings(max_new_tokens=tokens, ignore_eos=True)
-    times: dict[str, list[float]] = {"continuous batch": [], "static loop": []}
-    for _ in range(rounds):
-        batch = ContinuousBatch(model, processor, max_batch_size=len(items), prefills_per_step=len(items))
-        replies: list[list[int]] = [[] for _ in items]
-        for (ids, media), reply in zip(items, replies):
-            batch.add(Job(list(ids), media, settings, reply.append, lambda error: None, keep_prefix=False))
-        started = time.perf_counter()
-        while batch.busy():
-            batch.step()
-        times["continuous batch"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        static = generate_ids(model, processor, processor.collate(items), settings).tolist()
-        times["static loop"].append(time.perf_counter() - started)
-        if static != replies:
-            fail("loop: the continuous batch's ids differ from the static loop's")
-    medians = {label: statistics.median(values) for label, values in times.items()}
-    report(f"The step loop alone: 8 different videos, batch 8, {tokens} tokens, one process, interleaved ({rounds} rounds)", [
-        ("", "seconds (median)", "all rounds"),
-        *((label, f"{medians[label]:.1f}", " ".join(f"{t:.1f}" for t in values)) for label, values in times.items()),
-        ("static / continuous", f"{medians['static loop'] / medians['continuous batch']:.2f}x", ""),
-    ])
-
-
-def throughput(folder: Path, videos: list[Path], baseline_src: str | None, tokens_list: list[int], rounds: int) -> None:
-    loop_against_static(folder, videos, 128 if tokens_list[-1] > 8 else 8, max(rounds, 3))
+def throughput(folder: Path, videos: list[Path], baseline_src: str | None, tokens_list: list[int], rounds: int,
+               paths: list[str]) -> None:
     if baseline_src is None:
         print("\n(no --baseline-src: the no-regression comparison needs the code before engine v2)")
         return
     sources = {"this checkout": str(Path(__file__).resolve().parents[1] / "src"), "baseline": str(Path(baseline_src).resolve())}
-    for tokens in tokens_list:
+    for path, tokens in [(path, tokens) for tokens in tokens_list for path in paths]:
         runs: dict[str, list[dict]] = {label: [] for label in sources}
         for _ in range(rounds):
             for label, src in sources.items():
-                out = subprocess.run([sys.executable, "-c", THROUGHPUT_RUN, DEVICE, str(folder), str(tokens), *map(str, videos)],
+                out = subprocess.run([sys.executable, "-c", THROUGHPUT_RUN, path, DEVICE, DTYPE or "", str(folder), str(tokens),
+                                      *map(str, videos)],
                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, check=True)
                 runs[label].append(json.loads(out.stdout.strip().splitlines()[-1]))
         if runs["this checkout"][0]["texts"] != runs["baseline"][0]["texts"]:
-            fail(f"throughput {tokens}: texts differ from the baseline's")
-        rows = [("", "seconds (median)", "videos/s", "tokens/s", "peak RSS MiB")]
+            fail(f"throughput {path} {tokens}: texts differ from the baseline's")
+        rows = [("", "seconds (median)", "all rounds", "videos/s", "tokens/s", "peak RSS MiB")]
         medians = {}
         for label, results in runs.items():
             medians[label] = statistics.median(r["seconds"] for r in results)
-            rows.append((label, f"{medians[label]:.1f}", f"{len(videos) / medians[label]:.3f}",
+            rows.append((label, f"{medians[label]:.1f}", " ".join(f"{r['seconds']:.1f}" for r in results),
+                         f"{len(videos) / medians[label]:.3f}",
                          f"{len(videos) * tokens / medians[label]:.1f}", f"{max(r['peak_mib'] for r in results):.0f}"))
-        rows.append(("this / baseline throughput", f"{medians['baseline'] / medians['this checkout']:.2f}x", "", "", ""))
-        report(f"No regression: {len(videos)} different videos, batch 8, {tokens} new tokens ({rounds} rounds)", rows)
+        rows.append(("this / baseline throughput", f"{medians['baseline'] / medians['this checkout']:.2f}x", "", "", "", ""))
+        way = "through the Describer" if path == "describer" else "through the Python API (generate_text)"
+        report(f"No regression: {len(videos)} different videos, batch 8, {tokens} new tokens, {way} ({rounds} rounds)", rows)
 
 
 def main() -> int:
@@ -345,28 +354,35 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, fewer questions and tokens")
     parser.add_argument("--baseline-src", default=None, help="src/ of a checkout before engine v2 (git worktree)")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model's dtype follows the device: bf16 on a GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16, for both sides (default: the device's: bf16 on a "
+                                                      "GPU, fp32 on CPU)")
+    parser.add_argument("--throughput-paths", nargs="+", default=["describer", "api"], choices=["describer", "api"],
+                        help="no regression: through the Describer, the Python API, or both (default)")
+    parser.add_argument("--prefill-chunks", type=int, nargs="+", default=[2048, 0],
+                        help="serving: the --prefill-chunk values to run this checkout's server with (default: 2048 0)")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, DTYPE, PREFILL_CHUNKS
+    DEVICE, DTYPE, PREFILL_CHUNKS = args.device, args.dtype, args.prefill_chunks
     import torch
 
     preset = "tiny" if args.quick else "small"
-    print(f"preset={preset} device={DEVICE} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(f"preset={preset} device={DEVICE} dtype={DTYPE or 'default'} torch={torch.__version__} threads={torch.get_num_threads()}")
     scratch = Path(tempfile.mkdtemp(prefix="tarsier-bench-engine-"))
     try:
         folder = build_random_checkpoint(scratch / "model", preset)
         media = scratch / "media"
         media.mkdir()
-        videos = make_videos(media, 8, 336)
+        videos = make_videos(media, 15, 336)  # the first 8 for most sections; serving uses all
         if "qa" in args.sections:
-            qa_workload(folder, videos, 3 if args.quick else 8, args.rounds)
+            qa_workload(folder, videos[:8], 3 if args.quick else 8, args.rounds)
         if "serving" in args.sections:
             serving(folder, media, videos, scratch, args.baseline_src, 16 if args.quick else 64, 32 if args.quick else 256)
         if "follow-up" in args.sections:
             follow_up(folder, media, videos, scratch, args.baseline_src)
         if "throughput" in args.sections:
-            throughput(folder, videos, args.baseline_src, [8] if args.quick else [32, 512], args.rounds)
+            throughput(folder, videos[:8], args.baseline_src, [8] if args.quick else [32, 512], args.rounds,
+                       args.throughput_paths)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n{len(FAILURES)} failure(s)" if FAILURES else "\nall checks passed")

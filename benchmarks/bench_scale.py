@@ -306,7 +306,7 @@ def throughput(args: argparse.Namespace, folder: Path, requests: list[Any], devi
     import torch
 
     from tarsier.engine.describer import Describer
-    from tarsier.engine.generation import GenerationSettings
+    from tarsier.engine.settings import GenerationSettings
     from tarsier.scale.ray_describer import RayDescriber, RaySettings
 
     generation = GenerationSettings(max_new_tokens=args.new_tokens)
@@ -509,7 +509,7 @@ def driver_memory(ray: Any, scratch: Path, args: argparse.Namespace) -> None:
 
 # -- 4: decode workers vs GPU utilisation ----------------------------------------------------------
 def decode_sweep(args: argparse.Namespace, folder: Path, requests: list[Any], device: str, workers: list[int]) -> None:
-    from tarsier.engine.generation import GenerationSettings
+    from tarsier.engine.settings import GenerationSettings
     from tarsier.scale.ray_describer import RayDescriber, RaySettings
 
     generation = GenerationSettings(max_new_tokens=args.new_tokens)

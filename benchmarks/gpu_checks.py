@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tarsier.engine.decode_loop import compile_decode_step
+from tarsier.engine.decode_step import compile_decode_step
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.generation import generate_ids
 from tarsier.engine.loading import load_model
+from tarsier.engine.settings import GenerationSettings
 from tarsier.media import write_video
 from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.testing import build_random_checkpoint, build_random_tarsier2_checkpoint

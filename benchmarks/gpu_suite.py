@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from tarsier.engine.decode_loop import compile_decode_step, decode
+from tarsier.engine.continuous_batch import generate_steps
+from tarsier.engine.decode_step import compile_decode_step
 from tarsier.engine.sampling import DecodeSettings, Sampler
 from tarsier.models.tarsier.configuration_tarsier import TarsierConfig
 from tarsier.models.tarsier.modeling_tarsier import TarsierForConditionalGeneration
@@ -192,9 +193,11 @@ def tarsier2_7b(device: str, quick: bool, n_frames: int) -> Workload:
 
 # --- runs -----------------------------------------------------------------------------------------
 def run_engine(work: Workload, inputs: dict[str, torch.Tensor], new_tokens: int, device: str) -> dict:
-    """Our decode loop: seconds to the first token (prefill), then per step; ids; peak memory."""
+    """Our engine: seconds to the first token (prefill), then per step; ids; peak memory."""
     settings = DecodeSettings(max_new_tokens=new_tokens, eos_token_id=None, sampler=Sampler(), ignore_eos=True)
-    extra = {k: v.to(device) for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
+    media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    prompts = [(ids.tolist(), row_media, settings)
+               for ids, row_media in zip(inputs["input_ids"], work.model.media_by_row(inputs["input_ids"], media))]
     sync(device)
     base = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
     if device.startswith("cuda"):
@@ -202,12 +205,10 @@ def run_engine(work: Workload, inputs: dict[str, torch.Tensor], new_tokens: int,
     steps: list[list[int]] = []
     began = time.perf_counter()
     first = None
-    with torch.inference_mode():
-        for step in decode(work.model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], settings,
-                           extra_inputs=extra):
-            if first is None:
-                first = time.perf_counter()  # the token is on the host: the prefill has ended
-            steps.append([step[row] for row in sorted(step)])
+    for step in generate_steps(work.model, None, prompts):
+        if first is None:
+            first = time.perf_counter()  # the token is on the host: the prefill has ended
+        steps.append([step[row] for row in sorted(step)])
     sync(device)
     ended = time.perf_counter()
     peak = torch.cuda.max_memory_allocated() - base if device.startswith("cuda") else 0

@@ -10,7 +10,7 @@ import pytest
 from media_factory import make_video
 
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 
 TARSIER = str(Path(sys.executable).with_name("tarsier"))
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from tarsier.engine.continuous_batch import ContinuousBatch, Job
-from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.generation import generate_ids
 from tarsier.engine.loading import load_pretrained
 from tarsier.engine.prefix_cache import PrefixCache
+from tarsier.engine.settings import GenerationSettings
 from tarsier.media import write_video
 
 TOLERANCE = 1e-5
@@ -199,9 +200,55 @@ def test_rows_asking_about_one_video_hold_its_prefix_once(loaded, videos, record
         check_against_full_forward(model, record)
 
 
+def test_a_row_alone_with_its_prefix_gets_a_copy_and_rows_sharing_one_attend_it_where_held(loaded, videos, recording):
+    """Two videos, one question about the first and two about the second: the lone row holds a copy
+    of its prefix (no group of one in every decode step), the two share theirs; all equal a full forward."""
+    model, processor = loaded
+    clips = [processor.load_media(str(path)) for path in videos]
+    cache = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, max_batch_size=3, prefix_cache=cache)
+    records = [Recorded(processor, "Describe the video.", clips[0], 5), Recorded(processor, "Describe the video.", clips[1], 6),
+               Recorded(processor, "What moves?", clips[1], 4)]
+    for record in records:
+        recording[id(record.job)] = record
+        engine.add(record.job)
+    engine.step()
+    assert [row.shared for row in engine._rows] == [False, True, True]  # laid out: plain rows first
+    assert engine._shared.plain == 1 and [(first, end) for first, end, _ in engine._shared.groups] == [(1, 3)]
+    lone = _through_last_media_id(processor, records[0])
+    assert engine._cache.capacity >= lone  # the lone row's prefix is copied into its row
+    assert sorted(entry.users for entry in cache._entries.values()) == [0, 2]  # only shared rows pin an entry
+    run(engine, {})
+    for record in records:
+        assert record.ended == [None]
+        check_against_full_forward(model, record)
+
+
+def test_questions_about_one_video_joining_one_by_one_share_its_prefix_from_the_second(loaded, videos, recording):
+    """The first question about a video runs alone with a copy of its prefix; the ones that join later
+    attend the prefix where the cache holds it, together (as a window of ``bench run`` refills its batch)."""
+    model, processor = loaded
+    frames = processor.load_media(str(videos[0]))
+    cache = PrefixCache(budget_bytes=1 << 30)
+    engine = ContinuousBatch(model, processor, max_batch_size=3, prefix_cache=cache)
+    records = [Recorded(processor, question, frames, 8) for question in ("Describe the video.", "What moves?", "Colours?")]
+    for record in records:
+        recording[id(record.job)] = record
+    for record in records:
+        engine.add(record.job)
+        engine.step()
+    by_job = {id(row.job): row for row in engine._rows}
+    assert [by_job[id(record.job)].shared for record in records] == [False, True, True]
+    assert (cache.stats.hits, cache.stats.misses) == (2, 1)
+    run(engine, {})
+    for record in records:
+        assert record.ended == [None]
+        check_against_full_forward(model, record)
+
+
 def test_a_prefix_in_use_is_not_evicted(loaded, videos, recording):
-    """With room for one video's prefix, a second video's prefix does not push out the one a running
-    row attends: it is used by its own row without being kept, and both answer as alone."""
+    """With room for one video's prefix, a second video's prefix does not push out the one two running
+    rows attend: it is used by its own row without being kept, and all answer as alone."""
     model, processor = loaded
     clips = [processor.load_media(str(path)) for path in videos]
     probe = PrefixCache(budget_bytes=1 << 30)
@@ -209,13 +256,70 @@ def test_a_prefix_in_use_is_not_evicted(loaded, videos, recording):
     engine.add(Recorded(processor, "Describe the video.", clips[0], 1).job)
     run(engine, {})
     cache = PrefixCache(budget_bytes=probe.nbytes + probe.nbytes // 2)
-    engine = ContinuousBatch(model, processor, max_batch_size=2, prefix_cache=cache)
-    records = [Recorded(processor, "Describe the video.", clips[0], 8), Recorded(processor, "Describe the video.", clips[1], 4)]
+    engine = ContinuousBatch(model, processor, max_batch_size=3, prefix_cache=cache, prefills_per_step=2)
+    records = [Recorded(processor, "Describe the video.", clips[0], 8), Recorded(processor, "What moves?", clips[0], 7),
+               Recorded(processor, "Describe the video.", clips[1], 4)]
     for record in records:
         recording[id(record.job)] = record
-    run(engine, {0: records[:1], 2: records[1:]})
+    run(engine, {0: records[:2], 2: records[2:]})
     assert (cache.stats.misses, cache.stats.evictions, len(cache)) == (2, 0, 1)
     assert next(iter(cache._entries.values())).ids == tuple(records[0].job.ids[: _through_last_media_id(processor, records[0])])
     for record in records:
         assert record.ended == [None]
         check_against_full_forward(model, record)
+
+
+@pytest.mark.parametrize("cache_on", [True, False], ids=["prefix-cache", "no-prefix-cache"])
+def test_a_long_prompt_joining_a_stream_is_prefilled_a_chunk_per_step(loaded, videos, recording, cache_on):
+    """A video's prompt arriving while a row streams is prefilled a chunk per step: the streaming row
+    gets a token between chunks, and both rows' every step still equals a full forward."""
+    model, processor = loaded
+    first, second = (processor.load_media(str(path)) for path in videos)
+    cache = PrefixCache(budget_bytes=1 << 30) if cache_on else None
+    engine = ContinuousBatch(model, processor, max_batch_size=2, prefix_cache=cache, prefill_chunk=16)
+    joining = Recorded(processor, "What moves?", second, 5)
+    media_end = _through_last_media_id(processor, joining)
+    chunks = -(-media_end // 16)
+    streaming = Recorded(processor, "Describe the video.", first, chunks + 6)
+    for record in (streaming, joining):
+        recording[id(record.job)] = record
+    engine.add(streaming.job)
+    engine.step()
+    engine.add(joining.job)
+    filling_steps = []
+    while engine.busy():
+        before = len(streaming.tokens)
+        engine.step()
+        if engine.filling is not None:
+            filling_steps.append(len(streaming.tokens) - before)
+    # a step that encodes the media, then one chunk per step; the streaming row gets a token each step
+    assert len(filling_steps) == chunks and all(tokens == 1 for tokens in filling_steps)
+    if cache_on:
+        assert len(cache) == 2 and cache.stats.misses == 2  # the chunked prefix is kept for later questions
+    for record in (streaming, joining):
+        assert record.ended == [None]
+        check_against_full_forward(model, record)
+
+
+def test_a_filling_request_can_be_cancelled_and_a_bad_one_ends_alone(loaded, videos, recording):
+    model, processor = loaded
+    first, second = (processor.load_media(str(path)) for path in videos)
+    engine = ContinuousBatch(model, processor, max_batch_size=3, prefix_cache=PrefixCache(budget_bytes=1 << 30),
+                             prefill_chunk=16)
+    streaming = Recorded(processor, "Describe the video.", first, 10)
+    cancelled = Recorded(processor, "What moves?", second, 5)
+    ids, media = processor.encode_item("Colours?", second)
+    broken = Recorded(processor, None, None, 5, ids=ids, media={name: value[:1] for name, value in media.items()})
+    recording[id(streaming.job)] = streaming
+    engine.add(streaming.job)
+    engine.step()
+    engine.add(cancelled.job)
+    engine.step()
+    assert engine.filling is cancelled.job
+    cancelled.job.cancelled = True
+    engine.add(broken.job)  # media that does not fill its slots: an error of its own
+    run(engine, {})
+    assert cancelled.ended == ["cancelled"] and cancelled.tokens == []
+    assert len(broken.ended) == 1 and broken.ended[0] and broken.tokens == []
+    assert streaming.ended == [None] and len(streaming.tokens) == 10
+    check_against_full_forward(model, streaming)

@@ -5,7 +5,7 @@ from media_factory import make_gif, make_image, make_video
 
 from tarsier import TarsierError
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,8 @@ from PIL import Image
 
 from tarsier import TarsierError, TarsierForConditionalGeneration
 from tarsier.engine.chat import ChatSession
-from tarsier.engine.generation import (
-    GenerationSettings,
-    generate_ids,
-    generate_text,
-    iter_tokens,
-    stream_text,
-    vocab_end,
-)
+from tarsier.engine.generation import generate_ids, generate_text, iter_tokens, stream_text
+from tarsier.engine.settings import GenerationSettings, vocab_end
 from tarsier.media import SampledFrames
 from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 
@@ -101,13 +95,12 @@ def test_chat_reuses_the_cache_and_matches_an_uncached_run(fast):
     assert generate_text(model, processor, inputs, settings)[0] == second
 
 
-@pytest.mark.parametrize("rows_at_once", [False, True], ids=["row-by-row-prefill", "batched-prefill"])
-def test_engine_gives_generate_s_greedy_ids_as_rows_finish_at_different_steps(fast, monkeypatch, rows_at_once):
-    """Our decode loop (static cache, finished rows dropped) against transformers' generate."""
-    from tarsier.engine import decode_loop, sampling
+def test_engine_gives_generate_s_greedy_ids_as_rows_finish_at_different_steps(fast):
+    """The engine behind the Python API (pre-allocated cache, rows prefilled without their padding,
+    finished rows dropped) against transformers' generate on the same left-padded batch."""
+    from tarsier.engine import sampling
 
     model, processor = fast
-    monkeypatch.setattr(decode_loop, "prefill_rows_at_once", lambda model: rows_at_once)
     prompts = ["<video>\nDescribe the video in detail.", "<video>\nWhat is moving?", "Tell me everything about it.", "Hi"]
     inputs = processor(text=prompts, videos=[frames(3, 0), frames(1, 1), frames(5, 2), frames(2, 3)])
     with torch.inference_mode():
@@ -121,11 +114,10 @@ def test_engine_gives_generate_s_greedy_ids_as_rows_finish_at_different_steps(fa
     settings = sampling.DecodeSettings(max_new_tokens=12, eos_token_id=eos, sampler=sampling.Sampler())
     rows = {row: [] for row in range(4)}
     steps = []
-    with torch.inference_mode():
-        for step in decode_loop.decode(model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], settings):
-            steps.append(sorted(step))
-            for row, token in step.items():
-                rows[row].append(token)
+    for step in iter_tokens(model, processor, inputs, [settings] * 4):
+        steps.append(sorted(step))
+        for row, token in step.items():
+            rows[row].append(token)
     for row in range(4):
         want = expected[row].tolist()
         if eos in want:

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.generation import generate_ids
 from tarsier.engine.loading import load_pretrained
 from tarsier.engine.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from tarsier.engine.settings import GenerationSettings
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ import pytest
 import uvicorn
 from media_factory import make_image, make_video
 
-from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.generation import generate_ids
 from tarsier.engine.loading import load_pretrained
+from tarsier.engine.settings import GenerationSettings
 from tarsier.serve.api import ServeConfig, create_app
 from tarsier.serve.media_sources import MediaPolicy
 
@@ -288,6 +289,34 @@ def test_concurrent_requests_are_batched_and_match_each_alone(loaded, media):
                 for name, _, text, tokens in requests]
     assert len({tuple(ids) for ids in expected}) == len(requests)  # every row's reply is its own
     assert [response.choices[0].model_extra["token_ids"] for response in results] == expected
+
+
+def test_a_video_arriving_mid_stream_is_prefilled_in_chunks_and_both_answer_as_alone(loaded, media, monkeypatch):
+    """--prefill-chunk: a second video's prompt, arriving while a reply streams, is prefilled a chunk
+    per step (the streaming row gets tokens meanwhile); both replies are their ids alone."""
+    from tarsier.engine.continuous_batch import ContinuousBatch
+
+    root = media[0]
+    chunks = []
+    fill = ContinuousBatch._fill_chunk
+    monkeypatch.setattr(ContinuousBatch, "_fill_chunk", lambda self, all_at_once: chunks.append(len(self._rows))
+                        or fill(self, all_at_once))
+    with live_server(loaded, media=MediaPolicy(media_root=root), prefill_chunk=16) as (url, app):
+        assert app.state.tarsier["scheduler"].batch.prefill_chunk == 16
+        results = {}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=chat_body("clip.mp4", max_tokens=40, stream=True,
+                                                                                 return_token_ids=True), timeout=120) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data: {"))  # streaming: the second request arrives now
+            results["other"] = client(url).chat.completions.create(
+                model=MODEL, messages=video_message("other.mp4", "What moves?"), max_tokens=6,
+                extra_body={"return_token_ids": True})
+            rest = [line for line in lines if line.startswith("data: {")]
+    assert len(chunks) > 1 and all(rows == 1 for rows in chunks)  # chunks ran while the first reply streamed
+    streamed = [json.loads(line[6:]) for line in rest]
+    assert any(event["choices"] and event["choices"][0].get("finish_reason") for event in streamed)
+    assert results["other"].choices[0].model_extra["token_ids"] == expected_ids(
+        loaded, root / "other.mp4", [{"role": "user", "content": "What moves?"}], 6)
 
 
 def post(url, body, headers=None, timeout=60):

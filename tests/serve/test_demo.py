@@ -15,9 +15,9 @@ from media_factory import make_image
 
 from tarsier.cli import main
 from tarsier.engine.chat import ChatSession
-from tarsier.engine.generation import GenerationSettings
 from tarsier.engine.loading import load_pretrained
 from tarsier.engine.scheduler import Scheduler
+from tarsier.engine.settings import GenerationSettings
 from tarsier.serve.demo import SAMPLES, UPLOAD_HINT, DemoCallbacks, build_demo
 
 TARSIER = str(Path(sys.executable).with_name("tarsier"))

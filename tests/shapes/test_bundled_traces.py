@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tarsier.engine.continuous_batch import ContinuousBatch, Job
-from tarsier.engine.generation import GenerationSettings
 from tarsier.engine.loading import load_pretrained
+from tarsier.engine.settings import GenerationSettings
 from tarsier.shapes import demo_model, world
 
 ASSETS = Path(world.__file__).resolve().parents[1] / "assets"

@@ -11,7 +11,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 from tarsier import CheckpointError, TarsierError, TarsierForConditionalGeneration
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 from tarsier.models.tarsier.assembly import assemble_from_components
 from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.train.trainer import train

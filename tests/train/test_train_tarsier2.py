@@ -9,7 +9,7 @@ from conftest import chat, make_config, target_runs, write_jsonl
 
 from tarsier import TarsierForConditionalGeneration
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.prompting import IGNORE_INDEX
 from tarsier.testing import QWEN2_SPECIAL_IDS

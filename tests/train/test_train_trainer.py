@@ -9,7 +9,7 @@ from conftest import chat, make_config, write_jsonl
 from tarsier import TarsierError, TarsierForConditionalGeneration
 from tarsier.cli import main
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 from tarsier.train.trainer import train
 
 

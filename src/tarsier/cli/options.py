@@ -105,7 +105,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_from_args(args: argparse.Namespace):
-    from tarsier.engine.generation import GenerationSettings
+    from tarsier.engine.settings import GenerationSettings
 
     return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty)

@@ -97,7 +97,18 @@ def run(args: argparse.Namespace) -> int:
     from tarsier.train.trainer import train
 
     train(config, args.output, resume=args.resume, progress=not args.no_progress)
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """A process launched by torchrun leaves its process group once training is done: left to the
+    interpreter's exit, gloo's threads now and then abort it ("terminate called without an active
+    exception", exit -6) after a finished run, and torchrun reports the run as failed."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def run_shapes_demo(args: argparse.Namespace) -> int:

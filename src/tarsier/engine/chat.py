@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tarsier.engine.continuous_batch import ContinuousBatch, Job
-from tarsier.engine.generation import GenerationSettings, TextPieces
+from tarsier.engine.generation import TextPieces
 from tarsier.engine.prefix_cache import PrefixCache, default_budget
+from tarsier.engine.settings import GenerationSettings
 from tarsier.errors import TarsierError
 
 if TYPE_CHECKING:

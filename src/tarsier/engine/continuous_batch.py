@@ -6,16 +6,17 @@ settings, so rows of different lengths and ages share a step. A request is prefi
 a longer prompt moves the others right, and columns no row attends any more are dropped then. A
 finished or cancelled row leaves at once. While rows are streaming, at most ``prefills_per_step``
 new requests are prefilled between two steps, so a burst of long prompts delays each streaming row
-by one prefill at a time, not by all of them.
+by one prefill at a time, not by all of them; with ``prefill_chunk``, a new video's prompt is
+prefilled that many positions per step (its media encoded once), so streaming rows wait for a chunk.
 
 A prompt's prefix up to its last media token is looked up in the prefix cache
 (:mod:`tarsier.engine.prefix_cache`); on a miss it is prefilled first and kept there when later
 prompts may ask about the same media. Rows continuing one prefix attend it where it is held, once
 for all of them (:mod:`tarsier.engine.shared_prefix`): the batch's cache holds only each row's own
 positions, and rows are laid out without a prefix first, then by prefix, so each group is a slice;
-rows admitted together after one prefix are prefilled together, in one forward.
-Where that attention cannot run (another attention kernel, a compiled step) the prefix is copied
-into each row instead.
+rows admitted together after one prefix are prefilled together, in one forward. A row alone with
+its prefix, and every row where that attention cannot run (another attention kernel, a compiled
+step), gets a copy of the prefix instead.
 
 Greedy ids are those of a request decoded alone: masked columns carry no weight, and each row's
 positions count its own attended tokens (plus Tarsier2's M-RoPE delta). Tests compare every step's
@@ -25,16 +26,15 @@ logits with one uncached forward of the same sequence.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from tarsier.engine.decode_loop import COMPILED_CAPACITY_STEP, _decode_step
-from tarsier.engine.generation import GenerationSettings
-from tarsier.engine.kv_cache import KVCache
+from tarsier.engine.decode_step import COMPILED_CAPACITY_STEP, decode_step
+from tarsier.engine.kv_cache import KVCache, filling_holes
 from tarsier.engine.prefix_cache import PrefixCache, PrefixEntry, media_digest
 from tarsier.engine.sampling import DecodeSettings, banned_logits, penalise_repeats, sample_rows
 from tarsier.engine.shared_prefix import (
@@ -43,9 +43,10 @@ from tarsier.engine.shared_prefix import (
     use_shared_prefix_attention,
     uses_shared_prefix_attention,
 )
-from tarsier.errors import one_line
+from tarsier.errors import TarsierError, one_line
 
 if TYPE_CHECKING:
+    from tarsier.engine.settings import GenerationSettings
     from tarsier.models.interface import FamilyModel, FamilyProcessor
 
 
@@ -55,7 +56,7 @@ class Job:
 
     ids: list[int]
     media: Mapping[str, torch.Tensor] | None  # the processor's media inputs for the prompt (None: text only)
-    settings: GenerationSettings
+    settings: GenerationSettings | DecodeSettings  # DecodeSettings: already resolved (no processor needed)
     on_token: Callable[[int], None]
     on_end: Callable[[str | None], None]  # None when generation ended normally, else a one-line error
     cancelled: bool = False  # set from any thread: the row leaves its batch after the current step
@@ -88,8 +89,10 @@ class _Row:
     media_key: str = ""
     start: int = 0  # prompt positions in ``prefix``, before the row's own
     prefix: KVCache | None = None  # the KV of ``job.ids[:start]``: attended where it is, or copied into the row
-    entry: PrefixEntry | None = None  # the prefix-cache entry the row holds on to while it runs
+    shared: bool = False  # attends ``prefix`` where it is held, with the other rows continuing it (else a copy)
+    entry: PrefixEntry | None = None  # the prefix-cache entry a shared row holds on to while it runs
     inputs: _Inputs | None = None  # while the row is admitted
+    uncached: int | None = None  # found by the lookup: the prompt's positions through its last media token, not cached
 
 
 @dataclass
@@ -100,6 +103,17 @@ class _Inputs:
     media: dict[str, torch.Tensor]
     positions: torch.Tensor  # [1, L], or [3, 1, L] for M-RoPE
     rope_delta: torch.Tensor  # [1, 1]
+
+
+@dataclass
+class _Filling:
+    """A new row's prompt through its last media token, prefilled a chunk per step while other rows
+    stream: the embeddings (media features in place) are computed once, the chunks continue ``cache``."""
+
+    row: _Row
+    embeds: torch.Tensor  # [1, length, hidden]
+    cache: KVCache  # exactly ``length`` positions
+    done: int = 0
 
 
 @dataclass
@@ -117,21 +131,31 @@ class ContinuousBatch:
     def __init__(
         self,
         model: FamilyModel,
-        processor: FamilyProcessor,
+        processor: FamilyProcessor | None,
         *,
         max_batch_size: int = 8,
         prefix_cache: PrefixCache | None = None,
         prefills_per_step: int = 1,
         share_prefixes: bool = True,
+        prefill_chunk: int = 0,
     ):
         """``share_prefixes``: rows attend a cached prefix where it is held, one copy for all
         (:mod:`tarsier.engine.shared_prefix`), when the model runs sdpa attention and no compiled
-        step; otherwise (or False) each row gets a copy of it."""
+        step; otherwise (or False) each row gets a copy of it. ``processor`` may be None when there
+        is no prefix cache and every job's settings are :class:`DecodeSettings`.
+
+        ``prefill_chunk`` (positions; 0: off): while rows stream, a new prompt's part through its last
+        media token, when not cached, is prefilled that many positions per step, so a streaming row
+        waits for one chunk between two tokens rather than for a whole video's prefill (the new
+        request's first token comes a few steps later instead)."""
+        if prefill_chunk < 0:
+            raise TarsierError(f"prefill chunk must be 0 (off) or a number of positions, got {prefill_chunk}")
         self.model = model
         self.processor = processor
         self.max_batch_size = max_batch_size
         self.prefix_cache = prefix_cache
         self.prefills_per_step = prefills_per_step
+        self.prefill_chunk = prefill_chunk
         self.stats = BatchStats()
         self.waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
@@ -144,6 +168,7 @@ class ContinuousBatch:
         self._tokens: torch.Tensor | None = None  # [B]: the tokens just emitted, fed by the next step
         self._banned: torch.Tensor | None = None  # [V]: ids no row may emit
         self._shared: SharedPrefixes | None = None  # which rows attend which prefix
+        self._filling: _Filling | None = None  # a prompt prefilled a chunk per step
         self.shares_prefixes = False
         if prefix_cache is not None and share_prefixes and getattr(model, "compiled_decode_step", None) is None:
             use_shared_prefix_attention(model)
@@ -156,8 +181,13 @@ class ContinuousBatch:
     def add(self, job: Job) -> None:
         self.waiting.append(job)
 
+    @property
+    def filling(self) -> Job | None:
+        """The request whose prompt is being prefilled a chunk per step (it joins the batch after)."""
+        return None if self._filling is None else self._filling.row.job
+
     def busy(self) -> bool:
-        return bool(self._rows or self.waiting)
+        return bool(self._rows or self.waiting or self._filling)
 
     # -- one step ---------------------------------------------------------------------------------
     def step(self) -> None:
@@ -175,6 +205,11 @@ class ContinuousBatch:
         starting = not self._rows
         if self._rows and self._rows[0].job.alone:
             return
+        if self._filling is not None:  # one chunk per step (the rest at once when no row streams)
+            row = self._fill_chunk(all_at_once=starting)
+            if row is not None and self._place([row]):
+                self._count_admission(starting, 1)
+            return
         budget = len(self.waiting) if starting else self.prefills_per_step
         admitted: list[_Row] = []
         while self.waiting and budget > 0 and len(self._rows) + len(admitted) < self.max_batch_size:
@@ -187,14 +222,26 @@ class ContinuousBatch:
                 continue
             budget -= 1
             try:
-                admitted.append(_Row(job, job.settings.decode_settings(self.processor)))
+                settings = job.settings
+                row = _Row(job, settings if isinstance(settings, DecodeSettings) else settings.decode_settings(self.processor))
             except Exception as exc:  # settings this model cannot take
                 job.on_end(one_line(exc))
+                continue
+            if not starting and self.prefill_chunk:
+                try:
+                    if self._start_filling(row):
+                        break  # it joins once its prompt is in, a chunk per step
+                except Exception as exc:  # media this model cannot take, ...
+                    self._release([row])
+                    job.on_end(one_line(exc))
+                    continue
+            admitted.append(row)
             if job.alone:
                 break
-        if not admitted:
-            return
-        placed = self._place(admitted)
+        if admitted:
+            self._count_admission(starting, self._place(admitted))
+
+    def _count_admission(self, starting: bool, placed: int) -> None:
         if not placed:
             return
         if starting:
@@ -204,10 +251,26 @@ class ContinuousBatch:
             self.stats.joined += placed
 
     def _find_prefix(self, row: _Row) -> None:
-        """The row's prompt as model inputs, and where its prefill starts: after the longest cached
-        prefix of it; on a miss, when later prompts may ask about the same media, its prefix (up to
-        the last media token) is prefilled first, into a cache of its own that the prefix cache keeps,
-        so the next row admitted with it already finds it."""
+        """Where the row's prefill starts: after the longest cached prefix of its prompt. On a miss,
+        when later prompts may ask about the same media, its prompt through the last media token is
+        prefilled first, into a cache of its own that the prefix cache keeps, so the next row
+        admitted with it already finds it."""
+        if row.inputs is None:
+            self._look_up(row)
+        length, model = row.uncached, self.model
+        if length is None or self.prefix_cache is None or not row.job.keep_prefix:
+            return
+        started = time.perf_counter()
+        prefix = KVCache(model, 1, length, allocate=True)
+        ids, positions = row.inputs.ids[:, :length], row.inputs.positions[..., :length]
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, cache=prefix.cache,
+              use_cache=True, logits_to_keep=1, **row.inputs.media)
+        self.stats.prefill_seconds += time.perf_counter() - started
+        self._continue_prefix(row, prefix)
+
+    def _look_up(self, row: _Row) -> None:
+        """The row's prompt as model inputs; a cached prefix of it (the row continues it); on a miss,
+        ``row.uncached`` is the length of its prompt through the last media token (when more follows)."""
         model, job = self.model, row.job
         device = model.device
         media = {name: value.to(device, model.dtype if value.is_floating_point() else value.dtype)
@@ -215,28 +278,79 @@ class ContinuousBatch:
         ids = torch.tensor([job.ids], device=device)
         positions, delta = model.prefill_positions(ids, torch.ones_like(ids), media)
         row.inputs = _Inputs(ids, media, positions, delta)
-        if self.prefix_cache is None:
+        if self.prefix_cache is not None:
+            stats = self.prefix_cache.stats
+            row.media_key = job.media_key if job.media_key is not None else media_digest(job.media)
+            entry = self.prefix_cache.lookup(row.media_key, job.ids)
+            if entry is not None:
+                row.start, row.prefix = len(entry.ids), entry.cache
+                self._hold(row, entry)
+                stats.reused_positions += row.start
+                stats.prefilled_positions += len(job.ids) - row.start
+                return
+            stats.prefilled_positions += len(job.ids)
+        elif not self.prefill_chunk:
             return
-        stats = self.prefix_cache.stats
-        row.media_key = job.media_key if job.media_key is not None else media_digest(job.media)
-        entry = self.prefix_cache.lookup(row.media_key, job.ids)
-        if entry is not None:
-            row.start, row.prefix = len(entry.ids), entry.cache
-            self._hold(row, entry)
-            stats.reused_positions += row.start
-            stats.prefilled_positions += len(job.ids) - row.start
-            return
-        stats.prefilled_positions += len(job.ids)
         boundary = _last_media_position(job.ids, self.processor.media_token_ids)
-        if not (job.keep_prefix and boundary is not None and boundary + 1 < len(job.ids)):
-            return
+        if boundary is not None and boundary + 1 < len(job.ids):
+            row.uncached = boundary + 1
+
+    def _continue_prefix(self, row: _Row, prefix: KVCache) -> None:
+        """The row continues ``prefix`` (its prompt's first ``prefix.capacity`` positions, just
+        prefilled), kept in the prefix cache when the job asks for that."""
+        row.start, row.prefix, row.uncached = prefix.capacity, prefix, None
+        if row.job.keep_prefix and self.prefix_cache is not None:
+            self._hold(row, self.prefix_cache.insert(row.media_key, row.job.ids[: row.start], prefix))
+
+    def _start_filling(self, row: _Row) -> bool:
+        """Look the row up; True when its uncached prompt through the last media token is longer than a
+        chunk, so it is prefilled a chunk per step from now on (its media is encoded here, at once)."""
+        self._look_up(row)
+        length = row.uncached
+        if length is None or length <= self.prefill_chunk:
+            return False
         started = time.perf_counter()
-        prefix = KVCache(model, 1, boundary + 1, allocate=True)
-        model(input_ids=ids[:, : boundary + 1], attention_mask=torch.ones_like(ids[:, : boundary + 1]),
-              position_ids=positions[..., : boundary + 1], cache=prefix.cache, use_cache=True, logits_to_keep=1, **media)
+        embeds = self.model.embed_inputs(row.inputs.ids[:, :length], **row.inputs.media)
+        self._filling = _Filling(row, embeds, KVCache(self.model, 1, length, allocate=True))
         self.stats.prefill_seconds += time.perf_counter() - started
-        row.start, row.prefix = boundary + 1, prefix
-        self._hold(row, self.prefix_cache.insert(row.media_key, job.ids[: boundary + 1], prefix))
+        return True
+
+    def _fill_chunk(self, all_at_once: bool) -> _Row | None:
+        """Prefill the next chunk of the filling prompt (all the rest when no row streams); returns its
+        row once the prompt through its last media token is in (a failed or cancelled row ends here)."""
+        filling = self._filling
+        row, length = filling.row, filling.cache.capacity
+        if row.job.cancelled:
+            self._filling = None
+            row.job.on_end("cancelled")
+            return None
+        started = time.perf_counter()
+        try:
+            while filling.done < length:
+                end = min(filling.done + self.prefill_chunk, length)
+                # A view of the positions filled so far and this chunk's: the chunk's attention spans
+                # what it may attend, not the whole cache with the rest masked.
+                view = filling.cache.positions_view(self.model, 0, 0, end)
+                view.set_length(filling.done)
+                self.model(inputs_embeds=filling.embeds[:, filling.done : end],
+                           attention_mask=torch.ones(1, end, dtype=torch.long, device=self.model.device),
+                           position_ids=row.inputs.positions[..., filling.done : end], cache=view.cache,
+                           use_cache=True, logits_to_keep=1)
+                filling.done = end
+                if not all_at_once:
+                    break
+        except Exception as exc:  # this request alone fails
+            self._filling = None
+            row.job.on_end(one_line(exc))
+            return None
+        finally:
+            self.stats.prefill_seconds += time.perf_counter() - started
+        if filling.done < length:
+            return None
+        self._filling = None
+        filling.cache.set_length(length)
+        self._continue_prefix(row, filling.cache)
+        return row
 
     def _hold(self, row: _Row, entry: PrefixEntry | None) -> None:
         if entry is not None and self.shares_prefixes:
@@ -251,13 +365,13 @@ class ContinuousBatch:
 
     def _own_length(self, row: _Row) -> int:
         """Positions the row holds in the batch's cache: its prompt after a shared prefix, else all of it."""
-        return len(row.job.ids) - (row.start if self.shares_prefixes else 0)
+        return len(row.job.ids) - (row.start if row.shared else 0)
 
     def _prefill(self, row: _Row, cache: KVCache) -> _Prefilled:
         """Prefill the rest of one request's prompt, alone, into ``cache`` (a view of its place in the
         batch, exactly :meth:`_own_length` long), after the prefix :meth:`_find_prefix` found: attended
         where it is held (:meth:`_prefill_together`), or copied into the row first."""
-        if self.shares_prefixes and row.start:
+        if row.shared:
             return self._prefill_together([row], cache)[0]
         started = time.perf_counter()
         model, inputs, start = self.model, row.inputs, row.start
@@ -292,7 +406,7 @@ class ContinuousBatch:
         ready = []
         for row in admitted:
             try:
-                self._find_prefix(row)
+                self._find_prefix(row)  # rows looked up on admission are not looked up again
             except Exception as exc:  # this request alone fails: bad media, too long, ...
                 self._release([row])
                 row.job.on_end(one_line(exc))
@@ -301,6 +415,7 @@ class ContinuousBatch:
         admitted = ready
         if not admitted:
             return 0
+        self._share(admitted)
         old = len(self._rows)
         lead = 0
         if old:  # columns no running row attends any more
@@ -312,7 +427,7 @@ class ContinuousBatch:
         capacity = column + max(remaining)
         if getattr(model, "compiled_decode_step", None) is not None:
             capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
-        order = grouped_order([row.prefix if self.shares_prefixes else None for row in rows])
+        order = grouped_order([row.prefix if row.shared else None for row in rows])
         slot = {index: position for position, index in enumerate(order)}  # a row's index in the new layout
         cache = KVCache(model, len(rows), capacity, allocate=True)
         mask = torch.zeros(len(rows), capacity, dtype=torch.long, device=device)
@@ -361,7 +476,7 @@ class ContinuousBatch:
         consecutive, as the layout puts them), every other row alone."""
         groups: dict[object, list[tuple[int, _Row]]] = {}
         for index, row in enumerate(admitted, start=old):
-            key = id(row.prefix) if self.shares_prefixes and row.start else ("alone", index)
+            key = id(row.prefix) if row.shared else ("alone", index)
             groups.setdefault(key, []).append((index, row))
         return [sorted(members, key=lambda member: slot[member[0]]) for members in groups.values()]
 
@@ -416,10 +531,24 @@ class ContinuousBatch:
         return [_Prefilled(out.logits[number, -1], row.inputs.rope_delta, self._seen_ids(row, out.logits.shape[-1]))
                 for number, row in enumerate(rows)]
 
-    def _shared_prefixes(self) -> SharedPrefixes | None:
+    def _share(self, admitted: list[_Row]) -> None:
+        """Which new rows attend their prefix where it is held: those whose prefix another row, new or
+        running (with a copy of it or not), continues too. A row alone with its prefix gets a copy of it
+        (a later question about the video then starts the group): a group per row costs every
+        decode step a few small kernels per layer more than one attention over the batch (four requests
+        about four videos took 15.4 s instead of 10.1 s in ``bench_engine.py``'s late-request row, bf16
+        on CPU), and the copy saves no memory there."""
         if not self.shares_prefixes:
-            return None
-        return SharedPrefixes.of_rows([row.prefix for row in self._rows])
+            return
+        users = Counter(id(row.prefix) for row in self._rows if row.start)
+        users.update(id(row.prefix) for row in admitted if row.start)
+        for row in admitted:
+            row.shared = bool(row.start) and users[id(row.prefix)] > 1
+            if not row.shared:
+                self._release([row])
+
+    def _shared_prefixes(self) -> SharedPrefixes | None:
+        return SharedPrefixes.of_rows([row.prefix if row.shared else None for row in self._rows])
 
     def _emit(self) -> None:
         """Each row's next token from its logits; rows that ended (EOS, limit, cancelled) leave."""
@@ -455,7 +584,7 @@ class ContinuousBatch:
         held = row.job.ids + row.sent[:-1]
         own = int(self._mask[index, : self._column].sum())
         first = self._column - own
-        if not (self.shares_prefixes and row.start):
+        if not row.shared:
             self.prefix_cache.store(row.media_key, held, self._cache, self.model, index, first)
             return
         kept = KVCache(self.model, 1, len(held), allocate=True)
@@ -465,12 +594,16 @@ class ContinuousBatch:
         self.prefix_cache.insert(row.media_key, held, kept)
 
     def _keep(self, keep: list[int]) -> None:
+        """Keep the rows ``keep`` (sorted). Without prefix groups, whose layout fixes the rows' order,
+        the last rows move into the places of those that left (one row copied per row that left)."""
         kept = set(keep)
         self._release([row for index, row in enumerate(self._rows) if index not in kept])
         if not keep:
             self._rows, self._cache, self._mask, self._logits, self._seen = [], None, None, None, None
             self._shared, self._column = None, 0
             return
+        if self._shared is None:
+            keep = filling_holes(keep)
         rows = torch.tensor(keep)
         on_device = rows.to(self.model.device)
         self._rows = [self._rows[i] for i in keep]
@@ -489,10 +622,10 @@ class ContinuousBatch:
         try:
             extra = {}
             if self._shared is not None:  # the columns the grouped rows' own positions take
-                own = max(len(row.job.ids) - row.start + len(row.sent) for row in self._rows if row.prefix is not None)
+                own = max(len(row.job.ids) - row.start + len(row.sent) for row in self._rows if row.shared)
                 self._shared.window = (self._column + 1 - own, self._column + 1)
                 extra["shared_prefix"] = self._shared
-            self._logits = _decode_step(self.model, input_ids=self._tokens[:, None].to(device), attention_mask=self._mask,
+            self._logits = decode_step(self.model, input_ids=self._tokens[:, None].to(device), attention_mask=self._mask,
                                         position_ids=self._next_position[:, None], cache=self._cache.cache, **extra)
         except Exception as exc:
             self._fail(exc)
@@ -517,6 +650,45 @@ class ContinuousBatch:
             job.settings = replace(job.settings, max_new_tokens=job.settings.max_new_tokens - len(row.sent))
             job.alone = True
             self.waiting.appendleft(job)
+
+
+def generate_steps(
+    model: FamilyModel,
+    processor: FamilyProcessor | None,
+    prompts: Sequence[tuple[list[int], Mapping[str, torch.Tensor] | None, GenerationSettings | DecodeSettings]],
+    cancelled: Container[int] = (),
+) -> Iterator[dict[int, int]]:
+    """``{row: token}`` after every step for the rows still running, for ``prompts`` (ids, media
+    inputs, settings) run to their end in a batch of their own: the Python API's generation
+    (:func:`tarsier.engine.generation.iter_tokens`). A row found in ``cancelled`` (checked after each
+    step) stops there; a row that fails raises its error. ``processor`` may be None when every
+    row's settings are :class:`DecodeSettings`.
+    """
+    batch = ContinuousBatch(model, processor, max_batch_size=max(1, len(prompts)), prefills_per_step=len(prompts))
+    emitted: dict[int, int] = {}
+    errors: list[str] = []
+    jobs = []
+    for row, (ids, media, settings) in enumerate(prompts):
+        def on_token(token: int, row: int = row) -> None:
+            emitted[row] = token
+
+        def on_end(error: str | None) -> None:
+            if error is not None:
+                errors.append(error)
+
+        jobs.append(Job(list(ids), media or None, settings, on_token, on_end, keep_prefix=False))
+        batch.add(jobs[-1])
+    while batch.busy():
+        batch.step()
+        if errors:
+            raise TarsierError(errors[0])
+        step = {row: token for row, token in emitted.items() if row not in cancelled}
+        emitted.clear()
+        if step:
+            yield step
+        for row in cancelled:
+            if 0 <= row < len(jobs):
+                jobs[row].cancelled = True
 
 
 def _last_media_position(ids: list[int], media_ids: frozenset[int]) -> int | None:

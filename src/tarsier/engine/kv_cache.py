@@ -64,7 +64,28 @@ class KVCache:
             layer.cumulative_length.fill_(length)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        """Drop every row not in ``rows`` (one copy of the cache, when a row finishes, not per step)."""
+        """Keep only ``rows`` (old indices, in their new order). When every row that moves comes from
+        past the kept range (:func:`filling_holes` orders them so), each is copied into its place and
+        the rest is cut off as a view: one row copied per row that left, not the whole cache (the
+        memory goes back at the next reallocation). Any other order gathers a new cache."""
+        order = rows.tolist()
+        kept = len(order)
+        moves = [(target, source) for target, source in enumerate(order) if source != target]
+        in_place = all(source >= kept for _, source in moves)
         for layer in self.cache.layers:
-            layer.keys = layer.keys[rows]
-            layer.values = layer.values[rows]
+            if in_place:
+                for target, source in moves:
+                    layer.keys[target].copy_(layer.keys[source])
+                    layer.values[target].copy_(layer.values[source])
+                layer.keys, layer.values = layer.keys[:kept], layer.values[:kept]
+            else:
+                layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+
+
+def filling_holes(keep: list[int]) -> list[int]:
+    """``keep`` (sorted row indices) reordered so the rows past ``len(keep)`` fill the places of the
+    rows that left: :meth:`KVCache.keep_rows` then copies one row per row that left."""
+    count = len(keep)
+    movers = iter(index for index in keep if index >= count)
+    kept = set(keep)
+    return [index if index in kept else next(movers) for index in range(count)]

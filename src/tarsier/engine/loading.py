@@ -65,14 +65,14 @@ def load_pretrained(
 
     ``max_n_frames`` is the frames sampled per video; ``None`` is the family's default (8 for
     Tarsier, 16 for Tarsier2). The frame count is checked before weights load. ``compile`` compiles
-    the decode step (:func:`tarsier.engine.decode_loop.compile_decode_step`: CUDA graphs, for long
+    the decode step (:func:`tarsier.engine.decode_step.compile_decode_step`: CUDA graphs, for long
     jobs on a GPU).
     """
     checkpoint = auto.read_checkpoint(name_or_path)
     auto.check_frames(checkpoint, max_n_frames)
     model = load_model(checkpoint, device, dtype, progress=progress)
     if compile:
-        from tarsier.engine.decode_loop import compile_decode_step
+        from tarsier.engine.decode_step import compile_decode_step
 
         compile_decode_step(model)
     processor = auto.load_processor(checkpoint, max_n_frames=max_n_frames)

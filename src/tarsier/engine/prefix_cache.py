@@ -48,7 +48,8 @@ def media_digest(media: Mapping[str, torch.Tensor] | None) -> str:
     for name in sorted(media):
         tensor = media[name].detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():
+            digest.update(memoryview(tensor.view(torch.uint8).numpy()))  # hashed in place, not copied
     return digest.hexdigest()
 
 

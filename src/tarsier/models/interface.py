@@ -23,6 +23,10 @@ class FamilyModel(Protocol):
 
     def get_input_embeddings(self) -> torch.nn.Module: ...
 
+    def embed_inputs(self, input_ids: torch.LongTensor, **media: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the media features in the media slots (the forward's first stage)."""
+        ...
+
     def prefill_positions(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, media: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]: ...

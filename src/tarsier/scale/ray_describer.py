@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tarsier.engine.describer import GROUPING_WINDOW, DescribeRequest, DescribeResult
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 from tarsier.errors import MediaError, TarsierError
 from tarsier.scale.local_ray import LocalRayRun, RaySettings, require_ray
 

@@ -53,6 +53,7 @@ class ServeConfig:
     max_queue: int = 64
     media_workers: int = 2
     cache_bytes: int | None = None  # the prefix cache's budget (None: the device's default; 0: none)
+    prefill_chunk: int = 0  # a new video's prompt positions prefilled per step while others stream (0: whole)
     max_body_bytes: int = 96 * 1024 * 1024  # base64 makes media a third larger
     max_tokens: int = 2048  # most new tokens one request may ask for
     default_max_tokens: int = 512  # the reference's default
@@ -149,7 +150,7 @@ def create_app(load: Loader, config: ServeConfig) -> FastAPI:
             state["processor"] = processor
             state["scheduler"] = Scheduler(model, processor, max_batch_size=config.max_batch_size,
                                            batch_wait_ms=config.batch_wait_ms, max_queue=config.max_queue,
-                                           cache_bytes=config.cache_bytes)
+                                           cache_bytes=config.cache_bytes, prefill_chunk=config.prefill_chunk)
         except Exception as exc:  # reported by /health and every request
             from tarsier.errors import one_line
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from tarsier.engine.chat import ScheduledChat
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 from tarsier.errors import TarsierError, one_line
 from tarsier.media import GIF_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tarsier.engine.generation import GenerationSettings
+from tarsier.engine.settings import GenerationSettings
 
 MEDIA_PART_TYPES = {"video_url": "video", "image_url": "image"}
 MAX_STOP_STRINGS = 4

@@ -643,8 +643,9 @@ def sample_traces(model_dir: Path, assets: Path, names: list[str], max_new_token
     forward of the prompt and the reply. A reply's text hardly depends on positions (shifting every
     decode position by one left these models' replies unchanged, not their log-probabilities), so the
     tests compare the engine's log-probabilities with these."""
-    from tarsier.engine.generation import GenerationSettings, generate_ids
+    from tarsier.engine.generation import generate_ids
     from tarsier.engine.loading import load_pretrained
+    from tarsier.engine.settings import GenerationSettings
 
     model, processor = load_pretrained(str(model_dir), device="cpu", progress=False)
     traces = {}

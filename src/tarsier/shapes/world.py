@@ -513,7 +513,7 @@ def describe_clips(model_dir: str | Path, clips: list[tuple[str, Clip]], prompt:
                    max_new_tokens: int = 96) -> list[str]:
     """The model's greedy answers for ``clips`` (through the same path as ``tarsier describe``)."""
     from tarsier.engine.describer import Describer, DescribeRequest
-    from tarsier.engine.generation import GenerationSettings
+    from tarsier.engine.settings import GenerationSettings
 
     describer = Describer.from_pretrained(str(model_dir), device="cpu", batch_size=8, num_workers=1,
                                           generation=GenerationSettings(max_new_tokens=max_new_tokens))
@@ -524,7 +524,7 @@ def describe_clips(model_dir: str | Path, clips: list[tuple[str, Clip]], prompt:
 def answer_accuracy(model_dir: str | Path, clips: list[tuple[str, Clip]]) -> dict[str, float]:
     """Exact-match accuracy on the clips' open questions about motion and camera."""
     from tarsier.engine.describer import Describer, DescribeRequest
-    from tarsier.engine.generation import GenerationSettings
+    from tarsier.engine.settings import GenerationSettings
 
     describer = Describer.from_pretrained(str(model_dir), device="cpu", batch_size=8, num_workers=1,
                                           generation=GenerationSettings(max_new_tokens=16))

@@ -10,8 +10,9 @@ from media_factory import make_image, make_video
 from tarsier import TarsierForConditionalGeneration
 from tarsier.engine.chat import ChatSession
 from tarsier.engine.describer import Describer, DescribeRequest
-from tarsier.engine.generation import GenerationSettings, generate_ids
+from tarsier.engine.generation import generate_ids
 from tarsier.engine.loading import load_pretrained
+from tarsier.engine.settings import GenerationSettings
 from tarsier.models.tarsier.processing_tarsier import TarsierProcessor
 from tarsier.models.tarsier2.modeling_tarsier2 import Tarsier2ForConditionalGeneration
 from tarsier.models.tarsier2.processing_tarsier2 import Tarsier2Processor
@@ -60,14 +61,13 @@ def test_tarsier2_frame_counts_have_a_ceiling_from_the_pixel_budget(tarsier2_che
         check_frames(tarsier2_checkpoint, 100_000)
 
 
-@pytest.mark.parametrize("rows_at_once", [False, True], ids=["row-by-row-prefill", "batched-prefill"])
-def test_engine_gives_generate_s_greedy_ids(loaded, media, monkeypatch, rows_at_once):
-    """Our decode loop (3-D prefill positions, rows sliced for their own grids, finished rows
-    dropped) against transformers' generate on the same inputs."""
-    from tarsier.engine import decode_loop, sampling
+def test_engine_gives_generate_s_greedy_ids(loaded, media):
+    """The engine behind the Python API (3-D prefill positions, rows sliced for their own grids and
+    prefilled without padding, finished rows dropped) against transformers' generate on the same inputs."""
+    from tarsier.engine import sampling
+    from tarsier.engine.generation import iter_tokens
 
     model, processor = loaded
-    monkeypatch.setattr(decode_loop, "prefill_rows_at_once", lambda model: rows_at_once)
     prompts = ["<video>\nDescribe the video in detail.", "Tell me everything.", "<video>\nWhat moves?", "<image>\nHi"]
     inputs = processor(text=prompts, videos=[media["long"], None, media["short"], media["image"]])
     length = inputs["input_ids"].shape[1]
@@ -78,11 +78,9 @@ def test_engine_gives_generate_s_greedy_ids(loaded, media, monkeypatch, rows_at_
         expected = model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=eos)[:, length:]
     settings = sampling.DecodeSettings(max_new_tokens=10, eos_token_id=[eos, -5], sampler=sampling.Sampler())
     rows = {row: [] for row in range(4)}
-    with torch.inference_mode():
-        for step in decode_loop.decode(model, inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
-                                  settings, extra_inputs={"image_grid_thw": inputs["image_grid_thw"]}):
-            for row, token in step.items():
-                rows[row].append(token)
+    for step in iter_tokens(model, processor, inputs, [settings] * 4):
+        for row, token in step.items():
+            rows[row].append(token)
     for row in range(4):
         assert rows[row] == expected[row, : len(rows[row])].tolist(), row
         assert len(rows[row]) == 10 or rows[row][-1] == eos

@@ -1,12 +1,12 @@
-"""The decode loop's compiled step (``compile_decode_step``): same logits and ids as eager, for both families."""
+"""The compiled decode step (``compile_decode_step``): same logits and ids as eager, for both families."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tarsier.engine import decode_loop
-from tarsier.engine.decode_loop import COMPILED_CAPACITY_STEP, compile_decode_step, decode
+from tarsier.engine.decode_step import COMPILED_CAPACITY_STEP, compile_decode_step, decode_step
+from tarsier.engine.generation import iter_tokens
 from tarsier.engine.kv_cache import KVCache
 from tarsier.engine.loading import load_model, load_pretrained
 from tarsier.engine.sampling import DecodeSettings, Sampler
@@ -31,24 +31,21 @@ def batch_inputs(processor):
     return processor(text=prompts, videos=[frames(4, 0), frames(2, 1), None], n_frames=4)
 
 
-def run(model, inputs, settings):
+def run(model, processor, inputs, settings):
     rows = {}
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
-    with torch.inference_mode():
-        for step in decode(model, inputs["input_ids"], inputs["attention_mask"], inputs.get("pixel_values"), settings,
-                           extra_inputs=extra):
-            for row, token in step.items():
-                rows.setdefault(row, []).append(token)
+    for step in iter_tokens(model, processor, inputs, settings):
+        for row, token in step.items():
+            rows.setdefault(row, []).append(token)
     return rows
 
 
 def test_a_compiled_step_gives_eager_ids_while_rows_finish_at_different_steps(loaded, monkeypatch):
     model, processor = loaded
     inputs = batch_inputs(processor)
-    free = run(model, inputs, DecodeSettings(max_new_tokens=12, eos_token_id=None, sampler=Sampler()))
+    free = run(model, processor, inputs, DecodeSettings(max_new_tokens=12, eos_token_id=None, sampler=Sampler()))
     eos = free[0][3]  # row 0 ends at its 4th token; row 1 at its limit of 5; row 2 runs 9 unless it meets eos
     settings = [DecodeSettings(max_new_tokens=n, eos_token_id=eos, sampler=Sampler()) for n in (12, 5, 9)]
-    eager = run(model, inputs, settings)
+    eager = run(model, processor, inputs, settings)
     assert len(eager[0]) == 4 and len(eager[1]) <= 5
 
     capacities = []
@@ -60,7 +57,7 @@ def test_a_compiled_step_gives_eager_ids_while_rows_finish_at_different_steps(lo
 
     monkeypatch.setattr(KVCache, "__init__", recording)
     compile_decode_step(model, mode="default")
-    compiled = run(model, inputs, settings)
+    compiled = run(model, processor, inputs, settings)
     assert compiled == eager
     # one graph serves prompts up to the next multiple of the step: the cache is rounded up
     assert capacities[0] % COMPILED_CAPACITY_STEP == 0 and capacities[0] >= inputs["input_ids"].shape[1] + 12
@@ -77,14 +74,15 @@ def test_a_compiled_step_gives_the_eager_step_s_logits(loaded):
     media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     with torch.inference_mode():
         positions, deltas = model.prefill_positions(inputs["input_ids"], mask[:, :length], media)
-        decode_loop._prefill(model, inputs["input_ids"], mask, positions, media, cache)
+        model(input_ids=inputs["input_ids"], attention_mask=mask[:, :length], position_ids=positions, cache=cache.cache,
+              use_cache=True, logits_to_keep=1, **media)
         mask[:, length] = 1
         step = {"input_ids": torch.tensor([[11], [12], [13]]), "attention_mask": mask,
                 "position_ids": (mask[:, :length].sum(-1) + deltas[:, 0])[:, None], "cache": cache.cache}
-        eager = decode_loop._decode_step(model, **dict(step))
+        eager = decode_step(model, **dict(step))
         cache.set_length(length)  # the compiled step writes the same cache slot again
         compile_decode_step(model, mode="default")
-        compiled = decode_loop._decode_step(model, **dict(step))
+        compiled = decode_step(model, **dict(step))
     assert compiled.shape == eager.shape == (3, model.get_output_embeddings().weight.shape[0])
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert int(cache.length) == length + 1
@@ -112,7 +110,8 @@ def test_generation_never_emits_media_placeholders_or_padded_vocabulary_rows(loa
     rows past the tokenizer) still gives, greedy and seeded-sampled alike, what it gives when they
     carry no weight: those ids are masked in every step. Unmasked, the first step picked one and the
     next step failed the whole batch ("input_ids hold 1 image patch slots but no pixel_values")."""
-    from tarsier.engine.generation import GenerationSettings, generate_ids, vocab_end
+    from tarsier.engine.generation import generate_ids
+    from tarsier.engine.settings import GenerationSettings, vocab_end
 
     model, processor = loaded
     inputs = batch_inputs(processor)
