@@ -138,12 +138,17 @@ def test_rows_keep_their_own_limits_samplers_and_cancellation(fast):
     def run(rows, settings, cancel_after=None):
         inputs = processor(text=[prompts[r] for r in rows], videos=[videos[r] for r in rows])
         out = {row: [] for row in range(len(rows))}
-        cancelled = set()
-        for step in iter_tokens(model, processor, inputs, settings, cancelled=cancelled):
+        stopped = set()
+
+        class Cancelled:  # a Container only answers ``in``: the engine must not iterate it
+            def __contains__(self, row):
+                return row in stopped
+
+        for step in iter_tokens(model, processor, inputs, settings, cancelled=Cancelled()):
             for row, token in step.items():
                 out[row].append(token)
                 if cancel_after and row == cancel_after[0] and len(out[row]) == cancel_after[1]:
-                    cancelled.add(row)
+                    stopped.add(row)
         return [out[row] for row in range(len(rows))]
 
     batch = run([0, 1, 2], per_row)

@@ -207,8 +207,8 @@ class ContinuousBatch:
             return
         if self._filling is not None:  # one chunk per step (the rest at once when no row streams)
             row = self._fill_chunk(all_at_once=starting)
-            if row is not None and self._place([row]):
-                self._count_admission(starting, 1)
+            if row is not None:
+                self._count_admission(starting, self._place([row]))
             return
         budget = len(self.waiting) if starting else self.prefills_per_step
         admitted: list[_Row] = []
@@ -667,16 +667,17 @@ def generate_steps(
     batch = ContinuousBatch(model, processor, max_batch_size=max(1, len(prompts)), prefills_per_step=len(prompts))
     emitted: dict[int, int] = {}
     errors: list[str] = []
+
+    def on_end(error: str | None) -> None:
+        if error is not None:
+            errors.append(error)
+
     jobs = []
     for row, (ids, media, settings) in enumerate(prompts):
         def on_token(token: int, row: int = row) -> None:
             emitted[row] = token
 
-        def on_end(error: str | None) -> None:
-            if error is not None:
-                errors.append(error)
-
-        jobs.append(Job(list(ids), media or None, settings, on_token, on_end, keep_prefix=False))
+        jobs.append(Job(list(ids), media or None, settings, on_token, on_end))
         batch.add(jobs[-1])
     while batch.busy():
         batch.step()
@@ -686,9 +687,9 @@ def generate_steps(
         emitted.clear()
         if step:
             yield step
-        for row in cancelled:
-            if 0 <= row < len(jobs):
-                jobs[row].cancelled = True
+        for row, job in enumerate(jobs):  # ``cancelled`` need only answer ``in``
+            if row in cancelled:
+                job.cancelled = True
 
 
 def _last_media_position(ids: list[int], media_ids: frozenset[int]) -> int | None:
