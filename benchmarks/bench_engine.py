@@ -327,8 +327,9 @@ def throughput(folder: Path, videos: list[Path], baseline_src: str | None, token
     sources = {"this checkout": str(Path(__file__).resolve().parents[1] / "src"), "baseline": str(Path(baseline_src).resolve())}
     for path, tokens in [(path, tokens) for tokens in tokens_list for path in paths]:
         runs: dict[str, list[dict]] = {label: [] for label in sources}
-        for _ in range(rounds):
-            for label, src in sources.items():
+        for round_number in range(rounds):
+            order = list(sources.items())  # alternate which goes first: a drift in the machine favours neither
+            for label, src in order if round_number % 2 == 0 else order[::-1]:
                 out = subprocess.run([sys.executable, "-c", THROUGHPUT_RUN, path, DEVICE, DTYPE or "", str(folder), str(tokens),
                                       *map(str, videos)],
                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, check=True)

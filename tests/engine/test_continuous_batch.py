@@ -7,6 +7,7 @@ import torch
 
 from tarsier.engine.continuous_batch import ContinuousBatch, Job
 from tarsier.engine.generation import generate_ids
+from tarsier.engine.kv_cache import KVCache
 from tarsier.engine.loading import load_pretrained
 from tarsier.engine.prefix_cache import PrefixCache
 from tarsier.engine.settings import GenerationSettings
@@ -323,3 +324,50 @@ def test_a_filling_request_can_be_cancelled_and_a_bad_one_ends_alone(loaded, vid
     assert len(broken.ended) == 1 and broken.ended[0] and broken.tokens == []
     assert streaming.ended == [None] and len(streaming.tokens) == 10
     check_against_full_forward(model, streaming)
+
+
+def test_rows_join_spare_rows_of_the_running_cache_without_moving_the_others(loaded, videos, recording, monkeypatch):
+    """The first join lays the cache out again, with spare rows and columns; later joins take spare
+    rows (one of them the place of a row that left, its old positions masked) and nothing is moved.
+    Each step attends only the columns written so far (a narrow step, so the view grows several
+    times); every step still equals a full forward and each reply its own alone."""
+    model, processor = loaded
+    first, second = (processor.load_media(str(path)) for path in videos)
+    monkeypatch.setattr("tarsier.engine.continuous_batch.ATTENDED_COLUMNS_STEP", 3)
+    moved = []
+    original = KVCache.moved
+    monkeypatch.setattr(KVCache, "moved", classmethod(lambda cls, *args, **kwargs: moved.append(1) or original(*args, **kwargs)))
+    widths = []
+    decode = ContinuousBatch._decode
+    monkeypatch.setattr(ContinuousBatch, "_decode", lambda self: (decode(self), widths.append((self._cache.width, self._cache.capacity))))
+    engine = ContinuousBatch(model, processor, max_batch_size=4)
+    records = [Recorded(processor, "Describe the video.", first, 14),
+               Recorded(processor, "What moves?", second, 10),  # joins: laid out again, with room
+               Recorded(processor, "Colours?", first, 2),  # joins in place, and leaves
+               Recorded(processor, "Describe the video.", second, 6),  # in place: the row that left
+               Recorded(processor, "What moves?", first, 5)]  # in place: a spare row
+    for record in records:
+        recording[id(record.job)] = record
+    steps = {}
+    engine.add(records[0].job)
+    engine.step()
+    for at, record in ((1, records[1]), (2, records[2]), (5, records[3]), (6, records[4])):
+        while len(records[0].tokens) < at + 1:
+            engine.step()
+        engine.add(record.job)
+        engine.step()
+        steps[at] = (id(engine._cache), engine._cache.rows, engine._cache.spare_rows)
+    run(engine, {})
+    assert len(moved) == 1  # only the first join moved the running row
+    assert steps[2][0] == steps[5][0] == steps[6][0] == steps[1][0]  # one cache from the first join on
+    assert [steps[at][1] for at in (1, 2, 5, 6)] == [2, 3, 3, 4]  # the third row left before the fourth joined
+    assert steps[6][2] == 0
+    assert engine.stats.joined == 4
+    assert any(width < capacity for width, capacity in widths)  # the empty columns were not attended
+    assert len({width for width, _ in widths}) > 3
+    for record in records:
+        assert record.ended == [None]
+        check_against_full_forward(model, record)
+        alone = generate_ids(model, processor, processor.collate([(record.job.ids, record.job.media or {})]),
+                             GenerationSettings(max_new_tokens=record.job.settings.max_new_tokens))[0].tolist()
+        assert record.tokens == alone[: len(record.tokens)]

@@ -45,6 +45,10 @@ from tarsier.engine.shared_prefix import (
 )
 from tarsier.errors import TarsierError, one_line
 
+# A decode step attends the columns written so far, rounded up to this (the cache's view of them
+# changes once per this many steps): the empty rest of the capacity is not scored.
+ATTENDED_COLUMNS_STEP = 128
+
 if TYPE_CHECKING:
     from tarsier.engine.settings import GenerationSettings
     from tarsier.models.interface import FamilyModel, FamilyProcessor
@@ -396,11 +400,13 @@ class ContinuousBatch:
 
     def _place(self, admitted: list[_Row]) -> int:
         """Prefill the new rows and put them with the running ones into one cache, right-aligned at
-        the new column; returns how many new rows were placed (a row whose prefill fails ends alone).
+        the write column; returns how many new rows were placed (a row whose prefill fails ends alone).
 
-        The cache is laid out before any prefill of a row's own positions (their count is known once
-        its prefix is found), and each is prefilled straight into its place: no cache of its own to
-        allocate and copy.
+        Where they fit (:meth:`_fits`), new rows take spare rows of the running cache and nothing
+        moves. Otherwise the cache is laid out anew before any prefill of a row's own positions (their
+        count is known once its prefix is found), and each is prefilled straight into its place: no
+        cache of its own to allocate and copy. A cache laid out for rows joining a running batch gets
+        room for more (spare rows and columns), so the next ones join in place.
         """
         model, device = self.model, self.model.device
         ready = []
@@ -416,6 +422,8 @@ class ContinuousBatch:
         if not admitted:
             return 0
         self._share(admitted)
+        if self._fits(admitted):
+            return self._join(admitted)
         old = len(self._rows)
         lead = 0
         if old:  # columns no running row attends any more
@@ -423,19 +431,28 @@ class ContinuousBatch:
         kept = self._column - lead
         column = max([kept] + [self._own_length(row) for row in admitted])
         rows = self._rows + admitted
-        remaining = [row.settings.max_new_tokens - len(row.sent) for row in rows]
-        capacity = column + max(remaining)
-        if getattr(model, "compiled_decode_step", None) is not None:
+        longest_reply = max(row.settings.max_new_tokens - len(row.sent) for row in rows)
+        capacity, spare = column + longest_reply, 0
+        compiled = getattr(model, "compiled_decode_step", None) is not None
+        if compiled:
             capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
+        elif old and not any(row.shared for row in rows):
+            # Rows join a running batch: room for as many again (up to the limit) and for their replies,
+            # so the next ones join in place (:meth:`_fits`; a layout with prefix groups is laid out anew).
+            spare = min(self.max_batch_size - len(rows), len(rows))
+            capacity += longest_reply
         order = grouped_order([row.prefix if row.shared else None for row in rows])
         slot = {index: position for position, index in enumerate(order)}  # a row's index in the new layout
-        cache = KVCache(model, len(rows), capacity, allocate=True)
         mask = torch.zeros(len(rows), capacity, dtype=torch.long, device=device)
         shift = column - kept
-        for index in range(old):
-            cache.copy_row(slot[index], self._cache, kept, shift, source_row=index, source_offset=lead)
-            mask[slot[index], shift : shift + kept] = self._mask[index, lead : self._column]
-        self._cache = None  # the old layout's memory goes back before the prefills
+        if old:
+            cache = KVCache.moved(model, self._cache, len(rows), capacity, [(slot[index], index) for index in range(old)],
+                                  kept, shift, lead, spare_rows=spare)
+            for index in range(old):
+                mask[slot[index], shift : shift + kept] = self._mask[index, lead : self._column]
+        else:
+            cache = KVCache(model, len(rows), capacity, allocate=True)
+        self._cache = None  # moved: the old layout's memory went back layer by layer
         placed: dict[int, _Prefilled] = {}
         for members in self._prefill_groups(admitted, old, slot):
             placed.update(self._prefill_rows(members, cache, column, slot))
@@ -450,26 +467,74 @@ class ContinuousBatch:
             cache.keep_rows(on_device)
             mask = mask[on_device]
         cache.set_length(column)
+        firsts = [self._running_first(index) if index < old else self._prefilled_first(rows[index], placed[index])
+                  for index in kept_rows]
+        self._take_rows([rows[index] for index in kept_rows], firsts, cache, mask, column)
+        return len(placed)
 
-        def first_token(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-            """A row's next position, next-token logits and seen ids, from the running batch or its prefill."""
-            if index < old:
-                return self._next_position[index], self._logits[index], None if self._seen is None else self._seen[index]
-            prefilled = placed[index]
-            return (len(rows[index].job.ids) + prefilled.rope_delta.reshape(()).to(device), prefilled.logits, prefilled.seen)
+    def _fits(self, admitted: list[_Row]) -> bool:
+        """Whether the new rows can take spare rows of the running cache with nothing moved: no prefix
+        groups (their layout fixes the rows' order), a spare row each, each row's own positions within
+        the columns before the write column, and room after it for each reply."""
+        cache = self._cache
+        if cache is None or getattr(self.model, "compiled_decode_step", None) is not None:  # it sees whole tensors
+            return False
+        return (self._shared is None and not any(row.shared for row in admitted)
+                and cache.spare_rows >= len(admitted)
+                and all(self._own_length(row) <= self._column for row in admitted)
+                and self._column + max(row.settings.max_new_tokens for row in admitted) <= cache.capacity)
 
-        firsts = [first_token(index) for index in kept_rows]
+    def _join(self, admitted: list[_Row]) -> int:
+        """Prefill the new rows into spare rows of the running cache, right-aligned at the write
+        column (the columns before theirs masked): the running rows are not copied."""
+        cache, column, model = self._cache, self._column, self.model
+        joined: list[_Row] = []
+        prefilled: list[_Prefilled] = []
+        for row in admitted:
+            length = self._own_length(row)
+            try:
+                prefilled.append(self._prefill(row, cache.positions_view(model, cache.rows + len(joined), column - length, length)))
+            except Exception as exc:  # this request alone fails: bad media, too long, ...
+                self._release([row])
+                row.job.on_end(one_line(exc))
+                continue
+            finally:
+                row.inputs = None
+            joined.append(row)
+        if not joined:
+            return 0
+        old = len(self._rows)
+        cache.add_rows(len(joined))
+        mask = torch.zeros(len(joined), self._mask.shape[1], dtype=self._mask.dtype, device=model.device)
+        for number, row in enumerate(joined):
+            mask[number, column - self._own_length(row) : column] = 1
+        firsts = [self._running_first(index) for index in range(old)]
+        firsts += [self._prefilled_first(row, value) for row, value in zip(joined, prefilled)]
+        self._take_rows(self._rows + joined, firsts, cache, torch.cat([self._mask, mask]), column)
+        return len(joined)
+
+    def _running_first(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A running row's next position, next-token logits and seen ids."""
+        return self._next_position[index], self._logits[index], None if self._seen is None else self._seen[index]
+
+    def _prefilled_first(self, row: _Row, prefilled: _Prefilled) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A new row's next position, next-token logits and seen ids, from its prefill."""
+        position = len(row.job.ids) + prefilled.rope_delta.reshape(()).to(self.model.device)
+        return position, prefilled.logits, prefilled.seen
+
+    def _take_rows(self, rows: list[_Row], firsts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+                   cache: KVCache, mask: torch.Tensor, column: int) -> None:
+        """The batch is now ``rows`` in ``cache`` (row by row), each with its next position, logits and seen ids."""
+        device = self.model.device
         self._next_position = torch.stack([position for position, _, _ in firsts])
         self._logits = torch.stack([logits for _, logits, _ in firsts])
         self._seen = None
         if any(seen is not None for _, _, seen in firsts):
             empty = torch.zeros(self._logits.shape[-1], dtype=torch.bool, device=device)
             self._seen = torch.stack([empty if seen is None else seen for _, _, seen in firsts])
-        rows = [rows[index] for index in kept_rows]
         self._rows, self._cache, self._mask, self._column = rows, cache, mask, column
         self._banned = banned_logits([row.settings for row in rows], self._logits.shape[-1], device)
         self._shared = self._shared_prefixes()
-        return len(placed)
 
     def _prefill_groups(self, admitted: list[_Row], old: int, slot: dict[int, int]) -> list[list[tuple[int, _Row]]]:
         """The new rows in prefills: rows continuing one shared prefix together (their slots are
@@ -595,20 +660,22 @@ class ContinuousBatch:
 
     def _keep(self, keep: list[int]) -> None:
         """Keep the rows ``keep`` (sorted). Without prefix groups, whose layout fixes the rows' order,
-        the last rows move into the places of those that left (one row copied per row that left)."""
+        the last rows move into the places of those that left (one row copied per row that left), and
+        the places past them are spare rows for rows that join."""
         kept = set(keep)
         self._release([row for index, row in enumerate(self._rows) if index not in kept])
         if not keep:
             self._rows, self._cache, self._mask, self._logits, self._seen = [], None, None, None, None
             self._shared, self._column = None, 0
             return
-        if self._shared is None:
+        compiled = getattr(self.model, "compiled_decode_step", None) is not None
+        if self._shared is None and not compiled:
             keep = filling_holes(keep)
         rows = torch.tensor(keep)
         on_device = rows.to(self.model.device)
         self._rows = [self._rows[i] for i in keep]
         self._shared = self._shared_prefixes()
-        self._cache.keep_rows(on_device)
+        self._cache.keep_rows(on_device, in_place=not compiled)  # a compiled step reads whole tensors where they are
         self._mask, self._next_position = self._mask[on_device], self._next_position[on_device]
         self._tokens = self._tokens[rows]
         if self._seen is not None:
@@ -619,13 +686,19 @@ class ContinuousBatch:
         started = time.perf_counter()
         device = self.model.device
         self._mask[:, self._column] = 1
+        mask = self._mask
+        if getattr(self.model, "compiled_decode_step", None) is None:  # a compiled step keeps its shapes
+            width = min(self._cache.capacity, -(-(self._column + 1) // ATTENDED_COLUMNS_STEP) * ATTENDED_COLUMNS_STEP)
+            if width != self._cache.width:
+                self._cache.attend(width)
+            mask = mask[:, :width]
         try:
             extra = {}
             if self._shared is not None:  # the columns the grouped rows' own positions take
                 own = max(len(row.job.ids) - row.start + len(row.sent) for row in self._rows if row.shared)
                 self._shared.window = (self._column + 1 - own, self._column + 1)
                 extra["shared_prefix"] = self._shared
-            self._logits = decode_step(self.model, input_ids=self._tokens[:, None].to(device), attention_mask=self._mask,
+            self._logits = decode_step(self.model, input_ids=self._tokens[:, None].to(device), attention_mask=mask,
                                         position_ids=self._next_position[:, None], cache=self._cache.cache, **extra)
         except Exception as exc:
             self._fail(exc)
