@@ -16,10 +16,15 @@
    cannot have its first token before P + i (P - gap).
 3. Follow-up (``follow-up``): the same video asked twice through the API, one after the other;
    the second request's time to first token against the first's.
-4. No regression (``throughput``): 8 different videos at batch 8, 32 and 512 new tokens (EOS
+4. Joins (``joins``): what a request joining a running batch costs beyond its prefill and a decode
+   step, joining a spare row or laying the cache out anew.
+5. No regression (``throughput``): 8 different videos at batch 8, 32 and 512 new tokens (EOS
    ignored), this checkout against ``--baseline-src``, alternating, each run in a process of its
    own: through the Describer (``caption``, ``bench run``) and through the Python API's
-   ``generate_ids`` (the baseline's static loop): videos/s, tokens/s and peak memory.
+   ``generate_ids`` (the baseline's static loop): videos/s, tokens/s and peak memory. Separate
+   processes differ by a few percent from run to run here, so also (``in-process``): this engine
+   and the baseline's static decode loop (its file, loaded by path) on one loaded model in one
+   process, alternating, with prefill and decode timed apart.
 
 ``--dtype`` applies to both sides everywhere (default: the device's, fp32 on CPU). CPUs with AMX
 (``grep amx /proc/cpuinfo``) run bf16 prefills about 3x faster than fp32.
@@ -289,6 +294,38 @@ def follow_up(folder: Path, media: Path, videos: list[Path], scratch: Path, base
     report("Follow-up question through the API (the same video asked again)", rows)
 
 
+def joins(folder: Path, videos: list[Path]) -> None:
+    """4 rows stream (64 tokens each); 4 more videos join, one every 3 steps. A join's step costs its
+    prefill, a decode step, and whatever moving the running rows' cache costs: the rest is printed."""
+    from tarsier.engine.continuous_batch import ContinuousBatch, Job
+    from tarsier.engine.loading import load_pretrained
+    from tarsier.engine.settings import GenerationSettings
+
+    model, processor = load_pretrained(str(folder), device=DEVICE, dtype=DTYPE, progress=False)
+    items = [processor.encode_item("<video>\nDescribe the video.", processor.load_media(str(v))) for v in videos]
+    settings = GenerationSettings(max_new_tokens=64, ignore_eos=True)
+    engine = ContinuousBatch(model, processor, max_batch_size=8)
+    for ids, media in items[:4]:
+        engine.add(Job(list(ids), media, settings, lambda token: None, lambda error: None))
+    engine.step()
+    rows = [("join", "rows after", "a plain step s", "the join's step s", "its prefill s", "the rest s", "cache")]
+    for number, (ids, media) in enumerate(items[4:], start=1):
+        for _ in range(3):
+            started = time.perf_counter()
+            engine.step()
+            plain = time.perf_counter() - started
+        before, cache = engine.stats.prefill_seconds, engine._cache
+        engine.add(Job(list(ids), media, settings, lambda token: None, lambda error: None))
+        started = time.perf_counter()
+        engine.step()
+        took, prefill = time.perf_counter() - started, engine.stats.prefill_seconds - before
+        rows.append((str(number), str(engine.running), f"{plain:.3f}", f"{took:.3f}", f"{prefill:.3f}",
+                     f"{took - prefill - plain:.3f}", "spare row" if engine._cache is cache else "laid out anew"))
+    while engine.busy():
+        engine.step()
+    report("Joins: 4 rows stream, 4 more videos join one every 3 steps", rows)
+
+
 # -- 4. no regression -------------------------------------------------------------------------------
 THROUGHPUT_RUN = r"""
 import json, sys, time
@@ -347,11 +384,86 @@ def throughput(folder: Path, videos: list[Path], baseline_src: str | None, token
         way = "through the Describer" if path == "describer" else "through the Python API (generate_text)"
         report(f"No regression: {len(videos)} different videos, batch 8, {tokens} new tokens, {way} ({rounds} rounds)", rows)
 
+# The same comparison without two processes: the baseline's static decode loop (its one file, loaded
+# by path over this checkout's KV cache and sampling, which kept its interface) and this engine run
+# the same inputs on one loaded model, alternating round by round; forwards are timed by kind.
+IN_PROCESS_RUN = r"""
+import importlib.util, json, statistics, sys, time, torch
+from tarsier.engine.continuous_batch import generate_steps
+from tarsier.engine.loading import load_pretrained
+from tarsier.engine.settings import GenerationSettings
+loop_file, device, dtype, folder, tokens, rounds, *videos = sys.argv[1:]
+spec = importlib.util.spec_from_file_location("baseline_decode_loop", loop_file)
+loop = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(loop)
+model, processor = load_pretrained(folder, device=device, dtype=dtype or None, progress=False)
+items = [processor.encode_item("<video>\nDescribe the video.", processor.load_media(v)) for v in videos]
+batch = processor.collate(items)
+timed = {"prefill": 0.0, "decode": 0.0}
+forward = type(model).forward
+def timed_forward(self, *args, **kwargs):
+    ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+    started = time.perf_counter()
+    out = forward(self, *args, **kwargs)
+    timed["decode" if ids.shape[1] == 1 else "prefill"] += time.perf_counter() - started
+    return out
+type(model).forward = timed_forward
+def run(way, new_tokens):
+    settings = GenerationSettings(max_new_tokens=new_tokens, ignore_eos=True).decode_settings(processor)
+    rows = [[] for _ in items]
+    if way == "baseline":
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "pixel_values")}
+        with torch.inference_mode():
+            steps = list(loop.decode(model, batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"), settings,
+                                     extra_inputs=extra))
+    else:
+        steps = list(generate_steps(model, processor, [(ids, media, settings) for ids, media in items]))
+    for step in steps:
+        for row, token in step.items():
+            rows[row].append(token)
+    return rows
+run("baseline", 2), run("engine", 2)
+results = {"engine": [], "baseline": []}
+for round_number in range(int(rounds)):
+    for way in ("engine", "baseline") if round_number % 2 == 0 else ("baseline", "engine"):
+        timed.update(prefill=0.0, decode=0.0)
+        started = time.perf_counter()
+        rows = run(way, int(tokens))
+        results[way].append({"seconds": time.perf_counter() - started, **timed, "rows": rows})
+same = results["engine"][0]["rows"] == results["baseline"][0]["rows"]
+print(json.dumps({way: {key: statistics.median(r[key] for r in runs) for key in ("seconds", "prefill", "decode")}
+                  for way, runs in results.items()} | {"identical": same}))
+"""
+
+
+def in_process(folder: Path, videos: list[Path], baseline_src: str, tokens_list: list[int], rounds: int) -> None:
+    loop_file = Path(baseline_src) / "tarsier" / "engine" / "decode_loop.py"
+    if not loop_file.exists():
+        print(f"\n(no {loop_file}: the in-process comparison needs the baseline's static decode loop)")
+        return
+    rows = [("", "engine s", "baseline loop s", "engine prefill / decode s", "baseline prefill / decode s", "throughput")]
+    for tokens in tokens_list:
+        out = subprocess.run([sys.executable, "-c", IN_PROCESS_RUN, str(loop_file), DEVICE, DTYPE or "", str(folder),
+                              str(tokens), str(rounds), *map(str, videos)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+        if out.returncode != 0:
+            print(f"\n(the in-process comparison did not run: {out.stderr.strip().splitlines()[-1]})")
+            return
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        if not result["identical"]:
+            fail(f"in-process {tokens}: the engine's tokens differ from the baseline loop's")
+        ours, theirs = result["engine"], result["baseline"]
+        rows.append((f"{tokens} new tokens", f"{ours['seconds']:.2f}", f"{theirs['seconds']:.2f}",
+                     f"{ours['prefill']:.2f} / {ours['decode']:.2f}", f"{theirs['prefill']:.2f} / {theirs['decode']:.2f}",
+                     f"{theirs['seconds'] / ours['seconds']:.3f}x"))
+    report(f"No regression in one process: {len(videos)} videos, batch 8, this engine vs the baseline's static loop "
+           f"on one loaded model, alternating ({rounds} rounds, medians)", rows)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["qa", "serving", "follow-up", "throughput"],
-                        choices=["qa", "serving", "follow-up", "throughput"])
+    sections = ["qa", "serving", "follow-up", "joins", "throughput", "in-process"]
+    parser.add_argument("--sections", nargs="+", default=sections, choices=sections)
     parser.add_argument("--quick", action="store_true", help="tiny model, fewer questions and tokens")
     parser.add_argument("--baseline-src", default=None, help="src/ of a checkout before engine v2 (git worktree)")
     parser.add_argument("--rounds", type=int, default=1)
@@ -381,9 +493,13 @@ def main() -> int:
             serving(folder, media, videos, scratch, args.baseline_src, 16 if args.quick else 64, 32 if args.quick else 256)
         if "follow-up" in args.sections:
             follow_up(folder, media, videos, scratch, args.baseline_src)
+        if "joins" in args.sections:
+            joins(folder, videos[:8])
         if "throughput" in args.sections:
             throughput(folder, videos[:8], args.baseline_src, [8] if args.quick else [32, 512], args.rounds,
                        args.throughput_paths)
+        if "in-process" in args.sections and args.baseline_src is not None:
+            in_process(folder, videos[:8], args.baseline_src, [8] if args.quick else [32, 512], max(args.rounds, 2))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n{len(FAILURES)} failure(s)" if FAILURES else "\nall checks passed")

@@ -88,6 +88,15 @@ def check_against_full_forward(model, record):
         assert torch.allclose(logits, expected, atol=TOLERANCE, rtol=0), (step, (logits - expected).abs().max())
 
 
+def check_as_alone(model, processor, record):
+    """The request ended normally, each step equals a full forward, and the reply is the request's alone."""
+    assert record.ended == [None]
+    check_against_full_forward(model, record)
+    alone = generate_ids(model, processor, processor.collate([(record.job.ids, record.job.media or {})]),
+                         GenerationSettings(max_new_tokens=record.job.settings.max_new_tokens))[0].tolist()
+    assert record.tokens == alone[: len(record.tokens)]
+
+
 def run(engine, arrivals):
     """Step the engine; ``arrivals`` maps a step number to the jobs that arrive before it."""
     step = 0
@@ -118,11 +127,7 @@ def test_staggered_requests_and_a_reused_prefix_match_one_full_forward(loaded, v
     assert (cache.stats.hits, cache.stats.misses) == (1, 3)
     assert cache.stats.reused_positions == _through_last_media_id(processor, records[1])
     for record in records:
-        assert record.ended == [None]
-        check_against_full_forward(model, record)
-        alone = generate_ids(model, processor, processor.collate([(record.job.ids, record.job.media or {})]),
-                             GenerationSettings(max_new_tokens=record.job.settings.max_new_tokens))[0].tolist()
-        assert record.tokens == alone[: len(record.tokens)]
+        check_as_alone(model, processor, record)
 
 
 def _through_last_media_id(processor, record):
@@ -366,8 +371,33 @@ def test_rows_join_spare_rows_of_the_running_cache_without_moving_the_others(loa
     assert any(width < capacity for width, capacity in widths)  # the empty columns were not attended
     assert len({width for width, _ in widths}) > 3
     for record in records:
-        assert record.ended == [None]
-        check_against_full_forward(model, record)
-        alone = generate_ids(model, processor, processor.collate([(record.job.ids, record.job.media or {})]),
-                             GenerationSettings(max_new_tokens=record.job.settings.max_new_tokens))[0].tolist()
-        assert record.tokens == alone[: len(record.tokens)]
+        check_as_alone(model, processor, record)
+
+
+def test_prompts_admitted_together_are_prefilled_in_one_forward_where_asked(loaded, videos, recording, monkeypatch):
+    """``batch_prefills`` (the default on accelerators): prompts of different lengths, with and without
+    media, admitted together are prefilled in one left-padded forward, at the start and when joining
+    spare rows; every step still equals a full forward and each reply its own alone."""
+    model, processor = loaded
+    first, second = (processor.load_media(str(path)) for path in videos)
+    prefills = []
+    for name in ("_prefill", "_prefill_together"):
+        method = getattr(ContinuousBatch, name)
+        monkeypatch.setattr(ContinuousBatch, name, lambda self, rows, *args, method=method, name=name:
+                            prefills.append((name, len(rows) if isinstance(rows, list) else 1)) or method(self, rows, *args))
+    joins = []
+    join = ContinuousBatch._join
+    monkeypatch.setattr(ContinuousBatch, "_join", lambda self, admitted: joins.append(len(admitted)) or join(self, admitted))
+    engine = ContinuousBatch(model, processor, max_batch_size=8, prefills_per_step=2, batch_prefills=True)
+    assert not ContinuousBatch(model, processor).batch_prefills  # one at a time on CPU by default
+    records = [Recorded(processor, "Describe the video.", first, 9), Recorded(processor, "Hello there", None, 6),
+               Recorded(processor, "What colour is the block?", second, 8),
+               Recorded(processor, "What moves?", second, 6), Recorded(processor, "Describe the video.", first, 7),
+               Recorded(processor, "Hi", None, 5), Recorded(processor, "Colours?", first, 4)]
+    for record in records:
+        recording[id(record.job)] = record
+    run(engine, {0: records[:3], 2: records[3:5], 4: records[5:]})
+    assert prefills == [("_prefill_together", 3), ("_prefill_together", 2), ("_prefill_together", 2)]
+    assert engine.stats.joined == 4 and joins == [2]  # the second pair took spare rows
+    for record in records:
+        check_as_alone(model, processor, record)
