@@ -6,9 +6,9 @@ settings, so rows of different lengths and ages share a step. A request is prefi
 forward) into its place in the batch's cache, right-aligned at the column: a spare row of the
 running cache when it fits there, nothing else moved; else the cache is laid out anew (a longer
 prompt moves the others right, columns no row attends any more are dropped) with spare rows and
-columns for the next requests. A finished or cancelled row leaves at once, its place spare. While rows are streaming, at most ``prefills_per_step``
-new requests are prefilled between two steps, so a burst of long prompts delays each streaming row
-by one prefill at a time, not by all of them; with ``prefill_chunk``, a new video's prompt is
+columns for the next requests. A finished or cancelled row leaves at once, its place spare. While
+rows are streaming, at most ``prefills_per_step`` new requests are prefilled between two steps, so
+a burst of long prompts delays each streaming row by one prefill at a time, not by all of them; with ``prefill_chunk``, a new video's prompt is
 prefilled that many positions per step (its media encoded once), so streaming rows wait for a chunk.
 
 A prompt's prefix up to its last media token is looked up in the prefix cache
@@ -185,9 +185,14 @@ class ContinuousBatch:
         self._shared: SharedPrefixes | None = None  # which rows attend which prefix
         self._filling: _Filling | None = None  # a prompt prefilled a chunk per step
         self.shares_prefixes = False
-        if prefix_cache is not None and share_prefixes and getattr(model, "compiled_decode_step", None) is None:
+        if prefix_cache is not None and share_prefixes and not self._compiled:
             use_shared_prefix_attention(model)
             self.shares_prefixes = uses_shared_prefix_attention(model)
+
+    @property
+    def _compiled(self) -> bool:
+        """Whether the model's decode step is compiled: it keeps its shapes and reads whole tensors."""
+        return getattr(self.model, "compiled_decode_step", None) is not None
 
     @property
     def running(self) -> int:
@@ -444,8 +449,7 @@ class ContinuousBatch:
         rows = self._rows + admitted
         longest_reply = max(row.settings.max_new_tokens - len(row.sent) for row in rows)
         capacity, spare = column + longest_reply, 0
-        compiled = getattr(model, "compiled_decode_step", None) is not None
-        if compiled:
+        if self._compiled:
             capacity = -(-capacity // COMPILED_CAPACITY_STEP) * COMPILED_CAPACITY_STEP
         elif old and not any(row.shared for row in rows):
             # Rows join a running batch: room for as many again (up to the limit) and for their replies,
@@ -471,7 +475,7 @@ class ContinuousBatch:
         groups (their layout fixes the rows' order), a spare row each, each row's own positions within
         the columns before the write column, and room after it for each reply."""
         cache = self._cache
-        if cache is None or getattr(self.model, "compiled_decode_step", None) is not None:  # it sees whole tensors
+        if cache is None or self._compiled:  # it sees whole tensors
             return False
         return (self._shared is None and not any(row.shared for row in admitted)
                 and cache.spare_rows >= len(admitted)
@@ -508,33 +512,25 @@ class ContinuousBatch:
             cache.keep_rows(on_device)
             mask = mask[on_device]
         cache.set_length(column)
-        firsts = [self._running_first(index) if index < old else self._prefilled_first(rows[index], placed[index])
-                  for index in kept_rows]
-        self._take_rows([rows[index] for index in kept_rows], firsts, cache, mask, column)
-        return len(placed)
-
-    def _running_first(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """A running row's next position, next-token logits and seen ids."""
-        return self._next_position[index], self._logits[index], None if self._seen is None else self._seen[index]
-
-    def _prefilled_first(self, row: _Row, prefilled: _Prefilled) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """A new row's next position, next-token logits and seen ids, from its prefill."""
-        position = len(row.job.ids) + prefilled.rope_delta.reshape(()).to(self.model.device)
-        return position, prefilled.logits, prefilled.seen
-
-    def _take_rows(self, rows: list[_Row], firsts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-                   cache: KVCache, mask: torch.Tensor, column: int) -> None:
-        """The batch is now ``rows`` in ``cache`` (row by row), each with its next position, logits and seen ids."""
         device = self.model.device
+        firsts = []  # each row's next position, next-token logits and seen ids: from the batch, or its prefill
+        for index in kept_rows:
+            if index < old:
+                firsts.append((self._next_position[index], self._logits[index], None if self._seen is None else self._seen[index]))
+            else:
+                prefilled = placed[index]
+                position = len(rows[index].job.ids) + prefilled.rope_delta.reshape(()).to(device)
+                firsts.append((position, prefilled.logits, prefilled.seen))
         self._next_position = torch.stack([position for position, _, _ in firsts])
         self._logits = torch.stack([logits for _, logits, _ in firsts])
         self._seen = None
         if any(seen is not None for _, _, seen in firsts):
             empty = torch.zeros(self._logits.shape[-1], dtype=torch.bool, device=device)
             self._seen = torch.stack([empty if seen is None else seen for _, _, seen in firsts])
-        self._rows, self._cache, self._mask, self._column = rows, cache, mask, column
-        self._banned = banned_logits([row.settings for row in rows], self._logits.shape[-1], device)
+        self._rows, self._cache, self._mask, self._column = [rows[index] for index in kept_rows], cache, mask, column
+        self._banned = banned_logits([row.settings for row in self._rows], self._logits.shape[-1], device)
         self._shared = self._shared_prefixes()
+        return len(placed)
 
     def _prefill_groups(self, admitted: list[_Row], old: int, slot: dict[int, int]) -> list[list[tuple[int, _Row]]]:
         """The new rows in prefills: rows continuing one shared prefix together (their slots are
@@ -678,14 +674,13 @@ class ContinuousBatch:
             self._rows, self._cache, self._mask, self._logits, self._seen = [], None, None, None, None
             self._shared, self._column = None, 0
             return
-        compiled = getattr(self.model, "compiled_decode_step", None) is not None
-        if self._shared is None and not compiled:
+        if self._shared is None and not self._compiled:
             keep = filling_holes(keep)
         rows = torch.tensor(keep)
         on_device = rows.to(self.model.device)
         self._rows = [self._rows[i] for i in keep]
         self._shared = self._shared_prefixes()
-        self._cache.keep_rows(on_device, in_place=not compiled)  # a compiled step reads whole tensors where they are
+        self._cache.keep_rows(on_device, in_place=not self._compiled)  # a compiled step reads whole tensors where they are
         self._mask, self._next_position = self._mask[on_device], self._next_position[on_device]
         self._tokens = self._tokens[rows]
         if self._seen is not None:
@@ -697,7 +692,7 @@ class ContinuousBatch:
         device = self.model.device
         self._mask[:, self._column] = 1
         mask = self._mask
-        if getattr(self.model, "compiled_decode_step", None) is None:  # a compiled step keeps its shapes
+        if not self._compiled:  # a compiled step keeps its shapes
             width = min(self._cache.capacity, -(-(self._column + 1) // ATTENDED_COLUMNS_STEP) * ATTENDED_COLUMNS_STEP)
             if width != self._cache.width:
                 self._cache.attend(width)

@@ -61,6 +61,10 @@ class KVCache:
             layer.values = values if whole else values[:rows, :, :width]
             layer.max_cache_len = width
 
+    def _tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values: the whole store when allocated (spare rows and columns too)."""
+        return self._store or [(layer.keys, layer.values) for layer in self.cache.layers]
+
     @property
     def length(self) -> int:
         """Positions filled so far."""
@@ -97,8 +101,7 @@ class KVCache:
         """Positions ``offset .. offset+length`` of row ``row`` take ``length`` positions of ``source``'s
         row ``source_row`` from ``source_offset``."""
         for target, layer in zip(self.cache.layers, source.cache.layers):
-            target.keys[row, :, offset : offset + length].copy_(layer.keys[source_row, :, source_offset : source_offset + length])
-            target.values[row, :, offset : offset + length].copy_(layer.values[source_row, :, source_offset : source_offset + length])
+            _copy_positions(target, layer, row, source_row, length, offset, source_offset)
 
     @classmethod
     def moved(cls, model: FamilyModel, source: KVCache, rows: int, capacity: int, moves: list[tuple[int, int]],
@@ -112,9 +115,7 @@ class KVCache:
         for index, (target, layer) in enumerate(zip(cache.cache.layers, source.cache.layers)):
             cache._allocate_layer(index, model, rows + spare_rows)
             for row, source_row in moves:
-                for name in ("keys", "values"):
-                    getattr(target, name)[row, :, offset : offset + length].copy_(
-                        getattr(layer, name)[source_row, :, source_offset : source_offset + length])
+                _copy_positions(target, layer, row, source_row, length, offset, source_offset)
             layer.keys = layer.values = None
             if source._store is not None:
                 source._store[index] = (None, None)
@@ -127,7 +128,7 @@ class KVCache:
         memory (spare rows included): a forward into the view writes this cache in place (prompts
         prefilled where they belong)."""
         view = KVCache(model, rows, length)
-        layers = self._store or [(layer.keys, layer.values) for layer in self.cache.layers]
+        layers = self._tensors()
         for target, (keys, values) in zip(view.cache.layers, layers):
             target.keys = keys[row : row + rows, :, start : start + length]
             target.values = values[row : row + rows, :, start : start + length]
@@ -141,7 +142,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         """Bytes the keys and values take (spare rows and columns included)."""
-        layers = self._store or [(layer.keys, layer.values) for layer in self.cache.layers]
+        layers = self._tensors()
         return sum(t.numel() * t.element_size() for pair in layers for t in pair if t is not None)
 
     def set_length(self, length: int) -> None:
@@ -168,6 +169,13 @@ class KVCache:
                 for tensor in self._store[index]:  # a compiled step's CUDA graphs read it where it is
                     torch._dynamo.mark_static_address(tensor)
         self._show(kept, width)
+
+
+def _copy_positions(target, source, row: int, source_row: int, length: int, offset: int, source_offset: int) -> None:
+    """One layer: ``length`` positions of ``source``'s row ``source_row`` from ``source_offset`` into
+    ``target``'s row ``row`` from ``offset``, keys and values."""
+    target.keys[row, :, offset : offset + length].copy_(source.keys[source_row, :, source_offset : source_offset + length])
+    target.values[row, :, offset : offset + length].copy_(source.values[source_row, :, source_offset : source_offset + length])
 
 
 def filling_holes(keep: list[int]) -> list[int]:
