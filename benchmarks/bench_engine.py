@@ -507,4 +507,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tarsier.errors import TarsierError
+
+    try:
+        sys.exit(main())
+    except TarsierError as exc:  # e.g. no mistral-common (the test extra): one line saying what to install
+        sys.exit(f"bench_engine.py: {exc} (or pip install -e \".[test]\")")
+    except KeyboardInterrupt:  # servers and scratch files are gone by now (their finally blocks ran)
+        sys.exit("bench_engine.py: interrupted")
